@@ -1,0 +1,526 @@
+"""Settings: one declared schema, loaded once from TOML and ``DESQ_*`` variables.
+
+Every key is a field of a frozen dataclass below, with its type, default and one-line meaning
+(CONTRACT section 2). ``load_settings`` reads the TOML file named by ``--config`` or
+``DESQ_CONFIG``, lets ``DESQ_<SECTION>_<KEY>`` variables override any scalar (and list) key, and
+stops with a one-line ``SettingsError`` naming the key on anything unknown or malformed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import string
+import tomllib
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from desq import layout
+from desq.errors import DesqError
+
+ENV_PREFIX = "DESQ_"
+CONFIG_ENV = "DESQ_CONFIG"
+# DESQ_* variables that are not settings; any other unknown DESQ_* variable is an error,
+# so that a misspelt override never goes unnoticed.
+NON_SETTING_ENV = frozenset({CONFIG_ENV, "DESQ_DEBUG"})
+
+
+class SettingsError(DesqError):
+    """A configuration key that is unknown, or a value that is missing or malformed."""
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] = (),
+    min: int | None = None,
+    max: int | None = None,
+    check: Callable[[Any], None] | None = None,
+    secret: bool = False,
+) -> Any:
+    """Declare one setting: its default, meaning and constraints (kept in field metadata)."""
+    meta = dict(help=help, choices=choices, min=min, max=max, check=check, secret=secret)
+    return field(default=default, metadata=meta)
+
+
+# --- value checks (raise ValueError with the reason) -----------------------------------------
+
+
+def _check_zone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+
+
+def _check_prefix(value: str) -> None:
+    if value:
+        layout.check_prefix(value)
+
+
+def _check_nonempty(value: str) -> None:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+
+
+def _check_db_url(value: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ValueError("is not an SQLAlchemy database URL (e.g. postgresql://host/db)") from None
+
+
+def _check_archive_url(value: str) -> None:
+    _check_nonempty(value)
+    scheme = urlsplit(value).scheme if "://" in value else ""
+    if scheme == "s3":
+        bucket = urlsplit(value).netloc
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"S3 bucket {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
+    elif scheme == "file":
+        if not value.startswith("file:///"):
+            raise ValueError("a file URL must be absolute: file:///abs/path")
+    elif scheme:
+        raise ValueError(f"scheme {scheme!r} is not supported: use a path, file:///abs/path or s3://bucket/prefix")
+
+
+def _check_http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+
+
+def _check_optional_http_url(value: str) -> None:
+    if value:
+        _check_http_url(value)
+
+
+def _check_broker_url(value: str) -> None:
+    if value and not re.fullmatch(r"[a-z][a-z0-9+.-]*://.*", value):
+        raise ValueError("is not a broker URL (e.g. redis://host:6379/0)")
+
+
+def _check_backends(value: tuple[str, ...]) -> None:
+    for url in value:
+        _check_http_url(url)
+    if len(set(value)) != len(value):
+        raise ValueError("lists a backend twice")
+
+
+def _check_tokens(value: tuple[str, ...]) -> None:
+    for token in value:
+        if len(token) < 16 or not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise ValueError("every token must be at least 16 printable ASCII characters, no spaces")
+
+
+def _check_original_url(value: str) -> None:
+    if not value:
+        return
+    scheme = urlsplit(value).scheme
+    if scheme not in ("s3", "http", "https", "file"):
+        raise ValueError("must be an s3://, http(s):// or file:/// URL template")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template: {exc}") from None
+    if "uid" not in fields:
+        raise ValueError("must contain the placeholder {uid}")
+    if fields - {"uid", "date"}:
+        raise ValueError(f"knows only the placeholders {{uid}} and {{date}}, not {sorted(fields - {'uid', 'date'})}")
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnSettings:
+    """Names of the business table's own columns."""
+
+    id: str = opt("id", "the row's unique id (name mode: part of the name; uid mode: the uid)", check=_check_nonempty)
+    created_at: str = opt("created_at", "when the file was created", check=_check_nonempty)
+    path: str = opt("path", "the original file: a local path or s3://bucket/key", check=_check_nonempty)
+    des_name: str = opt("des_name", "name mode: the name the marker gives", check=_check_nonempty)
+    des_shard: str = opt("des_hash_bits", "name mode: the shard of that name, an integer", check=_check_nonempty)
+    des_status: str = opt("des_status", "name mode: NULL, READY or PACKED", check=_check_nonempty)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """The business application's table of files."""
+
+    db_url: str = opt("sqlite:///desq-data/source.db", "SQLAlchemy URL of the source database", check=_check_db_url, secret=True)
+    table: str = opt("files", "the source table (schema.table allowed)", check=_check_nonempty)
+    root: str = opt("", "prefix for relative paths in the path column")
+    uid_kind: str = opt("int", "uid mode: int (shard = uid % 2**bits) or text (CRC32)", choices=("int", "text"))
+    name_prefix: str = opt("", "name mode: optional [A-Za-z0-9-]+ prefix of the names the marker gives", check=_check_prefix)
+    columns: ColumnSettings = field(default_factory=ColumnSettings)
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """Where containers are stored and when files go into them."""
+
+    url: str = opt("desq-data/archive", "a local folder (path or file:///abs/path) or s3://bucket/prefix", check=_check_archive_url)
+    s3_endpoint_url: str = opt("", "S3 endpoint for Ceph RGW, MinIO or a test server; empty for AWS", check=_check_optional_http_url)
+    after_days: int = opt(7, "a file is archived once it is this many days old", min=0, max=36500)
+    delete_originals: bool = opt(False, "delete originals, only ever after the container is verified")
+    big_file_bytes: int = opt(64 * 1024 * 1024, "files this large or larger are stored beside the container", min=1, max=5 * 1024**4)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """The Celery broker and result backend."""
+
+    url: str = opt("", "empty: the embedded broker under data_dir; production: redis://host:6379/0", check=_check_broker_url, secret=True)
+    result_backend: str = opt("", "empty: the broker's Redis, or a folder under data_dir for the embedded broker", check=_check_broker_url, secret=True)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The files API and the router."""
+
+    backends: tuple[str, ...] = opt((), "router: base URLs of files-API instances", check=_check_backends)
+    api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=_check_tokens, secret=True)
+    original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=_check_original_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one desq deployment."""
+
+    mode: str = opt("name", "name (the marker writes names into the source table) or uid", choices=("name", "uid"))
+    shard_bits: int = opt(8, "shards per date are 2**shard_bits", min=layout.MIN_SHARD_BITS, max=layout.MAX_SHARD_BITS)
+    queue_count: int = opt(4, "per-range packer queues; a power of two <= 2**shard_bits", min=1, max=1 << layout.MAX_SHARD_BITS)
+    timezone: str = opt("UTC", "zone in which a created_at falls on a date; also the zone of created_at without an offset", check=_check_zone)
+    data_dir: str = opt("desq-data", "folder for the embedded default's broker messages, results and local state", check=_check_nonempty)
+    source: SourceSettings = field(default_factory=SourceSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        """The configured time zone."""
+        return ZoneInfo(self.timezone)
+
+    @cached_property
+    def layout(self) -> layout.Layout:
+        """The layout these settings describe."""
+        return layout.Layout(
+            mode=typing.cast(layout.Mode, self.mode),
+            shard_bits=self.shard_bits,
+            queue_count=self.queue_count,
+            zone=self.zone,
+            uid_kind=typing.cast(layout.UidKind, self.source.uid_kind),
+            name_prefix=self.source.name_prefix,
+        )
+
+
+# --- walking the schema ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One leaf of the schema, flattened: ``source.columns.id`` and what it accepts."""
+
+    key: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...]
+    min: int | None
+    max: int | None
+    check: Callable[[Any], None] | None
+    secret: bool
+
+    @property
+    def env(self) -> str:
+        """The variable that overrides this key, e.g. ``DESQ_SOURCE_DB_URL``."""
+        return ENV_PREFIX + self.key.replace(".", "_").upper()
+
+
+def _walk(cls: type, prefix: str = "") -> Iterator[Option]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(kind):
+            yield from _walk(kind, key + ".")
+            continue
+        meta = f.metadata
+        yield Option(
+            key=key,
+            kind=tuple if typing.get_origin(kind) is tuple else kind,
+            default=f.default,
+            help=meta["help"],
+            choices=meta["choices"],
+            min=meta["min"],
+            max=meta["max"],
+            check=meta["check"],
+            secret=meta["secret"],
+        )
+
+
+SCHEMA: tuple[Option, ...] = tuple(_walk(Settings))
+"""Every setting, flattened, in declaration order."""
+
+_SECTIONS = frozenset(o.key.rsplit(".", 1)[0] for o in SCHEMA if "." in o.key)
+_BY_KEY = {o.key: o for o in SCHEMA}
+_BY_ENV = {o.env: o for o in SCHEMA}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean", tuple: "a list of strings"}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, (dict, list)):
+        return "a table" if isinstance(value, dict) else "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _from_toml(option: Option, value: Any) -> Any:
+    kind = option.kind
+    if kind is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected {_TYPE_WORDS[tuple]}, got {_describe(value)}")
+        return tuple(value)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"expected an integer, got {_describe(value)}")
+    if kind is not int and not isinstance(value, kind):
+        raise ValueError(f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_env(option: Option, text: str) -> Any:
+    kind = option.kind
+    if kind is str:
+        return text
+    if kind is int:
+        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+            raise ValueError(f"expected an integer, got {text!r}")
+        return int(text)
+    if kind is bool:
+        word = text.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise ValueError(f"expected true or false, got {text!r}")
+    # a list: a JSON array of strings, or comma-separated items
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"is not a JSON array of strings: {text!r}") from None
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ValueError("expected a JSON array of strings")
+        return tuple(items)
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _validate(option: Option, value: Any) -> None:
+    if option.choices and value not in option.choices:
+        raise ValueError(f"must be one of {', '.join(option.choices)}; got {value!r}")
+    if option.min is not None and value < option.min or option.max is not None and value > option.max:
+        raise ValueError(f"must be between {option.min} and {option.max}, got {value}")
+    if option.check:
+        option.check(value)
+
+
+def _flatten(table: Mapping[str, Any], origin: str, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        key = prefix + name
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise SettingsError(f"{origin}: [{key}] must be a table, got {_describe(value)}")
+            flat.update(_flatten(value, origin, key + "."))
+        elif key in _BY_KEY:
+            flat[key] = value
+        else:
+            known = list(_BY_KEY) + sorted(_SECTIONS)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SettingsError(f"{origin}: unknown key {key!r}{hint}")
+    return flat
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a config file into a flat ``{dotted key: value}``, refusing unknown keys."""
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {os.fspath(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"config file {os.fspath(path)!r} is a directory") from None
+    except PermissionError:
+        raise SettingsError(f"config file {os.fspath(path)!r} cannot be read: permission denied") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {os.fspath(path)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+    return _flatten(table, os.fspath(path))
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load the settings: defaults, then the TOML file, then ``DESQ_*`` variables.
+
+    ``config`` falls back to ``$DESQ_CONFIG``; with neither, only defaults and variables apply
+    (the embedded default). Raises SettingsError naming the first bad key.
+    """
+    env = os.environ if env is None else env
+    config = config or env.get(CONFIG_ENV) or None
+    from_file = read_toml(config) if config else {}
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
+            continue
+        option = _BY_ENV.get(name)
+        if option is None:
+            close = difflib.get_close_matches(name, list(_BY_ENV), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"unknown setting variable {name}{hint}")
+        origins[option.key] = f"{name} ({option.key})"
+        values[option.key] = _parse(option, text, _from_env, origins[option.key])
+
+    for key, raw in from_file.items():
+        if key not in values:
+            origins[key] = f"{config}: {key}"
+            values[key] = _parse(_BY_KEY[key], raw, _from_toml, origins[key])
+
+    settings = _build(Settings, values)
+    _cross_check(settings, lambda key: origins.get(key, key))
+    return settings
+
+
+def _parse(option: Option, raw: Any, convert: Callable[[Option, Any], Any], origin: str) -> Any:
+    try:
+        value = convert(option, raw)
+        _validate(option, value)
+    except (ValueError, layout.LayoutError) as exc:
+        raise SettingsError(f"{origin}: {exc}") from None
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values, key + ".")
+        elif key in values:
+            kwargs[f.name] = values[key]
+    return cls(**kwargs)
+
+
+def _cross_check(settings: Settings, origin: Callable[[str], str]) -> None:
+    """Checks that involve more than one key; the error names where the key was set."""
+    try:
+        layout.check_queue_count(settings.queue_count, settings.shard_bits)
+    except layout.LayoutError as exc:
+        raise SettingsError(f"{origin('queue_count')}: {exc}") from None
+    broker = settings.broker
+    if broker.url and not broker.result_backend and not broker.url.startswith(("redis://", "rediss://")):
+        raise SettingsError(f"{origin('broker.result_backend')}: must be set when broker.url is not Redis")
+    columns = dataclasses.asdict(settings.source.columns)
+    if settings.mode == "uid":
+        columns = {k: columns[k] for k in ("id", "created_at", "path")}
+    seen: dict[str, str] = {}
+    for name, column in columns.items():
+        if column in seen:
+            key = f"source.columns.{name}"
+            raise SettingsError(f"{origin(key)}: column {column!r} is already mapped by source.columns.{seen[column]}")
+        seen[column] = name
+
+
+# --- presenting ------------------------------------------------------------------------------
+
+
+def mask(option: Option, value: Any) -> Any:
+    """The value as it may be shown or logged: passwords in URLs and tokens hidden."""
+    if not option.secret or not value:
+        return value
+    if isinstance(value, tuple):
+        return tuple("***" for _ in value)
+    parts = urlsplit(value)
+    if parts.password:
+        return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
+
+
+def value_of(settings: Settings, key: str) -> Any:
+    """The value of a dotted key, e.g. ``value_of(s, "source.columns.id")``."""
+    obj: Any = settings
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def dump_toml(settings: Settings) -> str:
+    """The effective settings as a TOML document, secrets masked."""
+    lines: list[str] = []
+    section = ""
+    for option in SCHEMA:
+        head, _, name = option.key.rpartition(".")
+        if head != section:
+            section = head
+            lines.append(f"\n[{head}]")
+        lines.append(f"{name} = {_toml_value(mask(option, value_of(settings, option.key)))}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def markdown_table() -> str:
+    """The configuration table of README.md, generated from the schema."""
+    rows = ["| key | variable | type | default | meaning |", "|---|---|---|---|---|"]
+    for o in SCHEMA:
+        kind = {str: "string", int: "integer", bool: "boolean", tuple: "list of strings"}[o.kind]
+        if o.choices:
+            kind = " \\| ".join(f"`{c}`" for c in o.choices)
+        default = f"`{_toml_value(o.default)}`"
+        meaning = o.help.replace("|", "\\|")
+        rows.append(f"| `{o.key}` | `{o.env}` | {kind} | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def data_path(settings: Settings, *parts: str) -> Path:
+    """A path under ``data_dir`` (relative paths are relative to the working directory)."""
+    return Path(settings.data_dir, *parts)
