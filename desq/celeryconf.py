@@ -1,0 +1,73 @@
+"""Celery's configuration, derived from desq's settings (pure: no I/O).
+
+``celeryconfig.py`` at the top of the repository is a thin shim over ``celery_config``, so the
+broker, result backend, queues and time zone come from the same settings as everything else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from desq.settings import Settings, data_path
+
+CONTROL_QUEUE = "desq"
+"""Queue of the tasks that are not per shard: nightly, mark, finish_night, recover."""
+
+
+def embedded_broker_folders(settings: Settings) -> dict[str, Path]:
+    """The folders of the embedded (kombu filesystem) broker and results, absolute."""
+    root = data_path(settings, "broker").resolve()
+    return {
+        "data_folder_in": root / "messages",
+        "data_folder_out": root / "messages",
+        "control_folder": root / "control",
+        "processed_folder": root / "processed",
+        "results": data_path(settings, "results").resolve(),
+    }
+
+
+def broker_and_backend(settings: Settings) -> tuple[str, dict[str, Any], str]:
+    """``(broker_url, broker_transport_options, result_backend)`` for these settings."""
+    url, backend = settings.broker.url, settings.broker.result_backend
+    if url:
+        if not backend and url.startswith(("redis://", "rediss://")):
+            backend = url
+        return url, {}, backend
+    folders = embedded_broker_folders(settings)
+    options = {k: str(v) for k, v in folders.items() if k != "results"}
+    options["store_processed"] = False
+    return "filesystem://", options, backend or folders["results"].as_uri()
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting desq sets, as the lowercase names Celery reads."""
+    broker_url, transport_options, result_backend = broker_and_backend(settings)
+    shard_queues = [
+        Queue(name, Exchange(name, type="direct"), routing_key=name)
+        for name in settings.layout.queue_names()
+    ]
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "result_backend": result_backend,
+        "result_extended": True,
+        "task_queues": [Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE, type="direct"), routing_key=CONTROL_QUEUE), *shard_queues],
+        "task_default_queue": CONTROL_QUEUE,
+        "task_default_exchange": CONTROL_QUEUE,
+        "task_default_routing_key": CONTROL_QUEUE,
+        # A task sent to an undeclared queue is a bug (a typo, a wrong shard width): fail loudly.
+        "task_create_missing_queues": False,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": settings.timezone,
+        "enable_utc": True,
+        # Packing is long and must survive a worker dying mid-task: acknowledge only when done.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+    }

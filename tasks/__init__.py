@@ -1,0 +1,5 @@
+"""The Celery app: ``celery -A tasks worker -Q shards-00-3f`` runs a packer worker."""
+
+from tasks.app import app
+
+__all__ = ["app"]

@@ -1,0 +1,17 @@
+"""The Celery application, configured from ``celeryconfig`` (that is, from desq's settings)."""
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from celery import Celery
+
+app = Celery("desq")
+app.config_from_object("celeryconfig")
+
+if app.conf.broker_url == "filesystem://":
+    # The embedded broker and its file result backend need their folders before first use.
+    options = app.conf.broker_transport_options
+    folders = [options[k] for k in ("data_folder_in", "data_folder_out", "control_folder", "processed_folder")]
+    folders.append(unquote(urlsplit(app.conf.result_backend).path))
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)
