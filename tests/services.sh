@@ -18,21 +18,28 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; t
 wait_for() {  # wait_for WHAT SECONDS COMMAND...
   local what=$1 seconds=$2; shift 2
   for _ in $(seq $((seconds * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  die "$what did not come up within ${seconds}s (logs in $logs)"
+  printf 'services: error: %s did not come up within %ss (logs in %s)\n' "$what" "$seconds" "$logs" >&2
+  return 1
 }
 
 pg_version() { ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1; }
 
+has() { command -v "$1" >/dev/null 2>&1; }
+
 install_missing() {
+  # Check for every command this script runs, not just the servers: a half-removed package
+  # (say mariadb-server gone, mariadb-server-core still there) must be installed again.
   local missing=()
-  command -v redis-server >/dev/null || missing+=(redis-server)
-  command -v mariadbd >/dev/null || command -v mysqld >/dev/null || missing+=(mariadb-server)
-  [ -n "$(pg_version)" ] && [ -x "/usr/lib/postgresql/$(pg_version)/bin/postgres" ] || missing+=(postgresql)
+  has redis-server && has redis-cli || missing+=(redis-server redis-tools)
+  has mariadbd-safe && has mariadb-admin && has mariadb && has mariadb-install-db || missing+=(mariadb-server mariadb-client)
+  { [ -n "$(pg_version)" ] && [ -x "/usr/lib/postgresql/$(pg_version)/bin/postgres" ] \
+    && has pg_ctlcluster && has pg_createcluster && has pg_isready && has psql; } || missing+=(postgresql postgresql-client)
+  has runuser || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} with apt"
     as_root apt-get update -qq
-    # policy-rc.d 101: the packages' own scripts must not start services; this script starts them.
-    as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    # The packages' own scripts may not start services here (no init); this script starts them.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" \
       >"$logs/apt.log" 2>&1 || { tail -n 20 "$logs/apt.log" >&2; die "apt-get install failed"; }
   fi
 }
@@ -74,9 +81,10 @@ mariadb_up() {
     say "starting MariaDB on 127.0.0.1:$TEST_MYSQL_PORT"
     as_root mkdir -p /run/mysqld && as_root chown mysql:mysql /run/mysqld
     [ -d /var/lib/mysql/mysql ] || as_root mariadb-install-db --user=mysql >"$logs/mariadb-install.log" 2>&1
+    as_root touch "$logs/mariadb.err" && as_root chown mysql "$logs/mariadb.err"
     as_root setsid mariadbd-safe --user=mysql --bind-address=127.0.0.1 --port="$TEST_MYSQL_PORT" \
-      </dev/null >"$logs/mariadb.log" 2>&1 &
-    wait_for mariadb 60 mariadb-admin ping
+      --log-error="$logs/mariadb.err" </dev/null >"$logs/mariadb.log" 2>&1 &
+    wait_for mariadb 60 mariadb-admin ping || { tail -n 20 "$logs/mariadb.err" >&2; exit 1; }
   fi
   as_root mariadb -e "
     CREATE DATABASE IF NOT EXISTS $TEST_DB_NAME CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
