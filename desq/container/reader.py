@@ -1,0 +1,401 @@
+"""The container reader (format v2) over any ByteSource.
+
+Request budget: ``open`` costs one suffix read when the INDEX fits in it (else one more), and
+reading a member costs one read of its whole frame (HEAD, DATA and TAIL are contiguous). Members
+of more than one block are streamed block by block, each block checked before it is handed out.
+Nothing is ever returned that failed a checksum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from crc32c import crc32c
+
+from desq.container import format as fmt
+from desq.container.errors import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound, WriterError
+from desq.container.member import Member, MemberMeta, Problem
+from desq.container.source import ByteSource
+
+DEFAULT_SUFFIX = 64 * 1024
+"""First read of a container: the footer and, for up to ~2,500 members, the whole index."""
+MAX_MERGE = 8 << 20
+MAX_GAP = 64 << 10
+
+ExternalOpener = Callable[[str], ByteSource]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One index entry, checked against the container's regions."""
+
+    position: int
+    offset: int
+    size: int
+    head_len: int
+    flags: int
+
+    @property
+    def external(self) -> bool:
+        return bool(self.flags & fmt.FLAG_EXTERNAL)
+
+    @property
+    def shift(self) -> int:
+        return fmt.block_shift_for(self.size)
+
+    @property
+    def start(self) -> int:
+        return self.offset - self.head_len
+
+    @property
+    def data_len(self) -> int:
+        return 0 if self.external else self.size
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.data_len + fmt.tail_size(self.size, self.shift)
+
+    @property
+    def blocks(self) -> int:
+        return fmt.block_count(self.size, self.shift)
+
+
+class ContainerReader:
+    """Read a v2 container: look up, read (checked), stream ranges, list and verify."""
+
+    version = 2
+
+    def __init__(self, source: ByteSource, footer: fmt.Footer, index: fmt.Index, *, names: bytes | None = None, external: ExternalOpener | None = None) -> None:
+        self.source = source
+        self.footer = footer
+        self.index = index
+        self._names = names
+        self._external = external
+
+    @classmethod
+    def open(
+        cls,
+        source: ByteSource,
+        *,
+        suffix: bytes | None = None,
+        size: int | None = None,
+        suffix_bytes: int = DEFAULT_SUFFIX,
+        external: ExternalOpener | None = None,
+    ) -> ContainerReader:
+        """Open from the end of the object (``suffix``/``size`` if the caller already read them)."""
+        if suffix is None or size is None:
+            suffix, size = source.read_suffix(suffix_bytes)
+        footer = fmt.parse_footer(suffix, size)
+        tail_start = size - len(suffix)
+        index_end = footer.index_offset + footer.index_length
+        if footer.index_offset >= tail_start:
+            index = suffix[footer.index_offset - tail_start : index_end - tail_start]
+        else:
+            index = source.read(footer.index_offset, tail_start - footer.index_offset) + suffix[: index_end - tail_start]
+        if crc32c(index) != footer.index_crc:
+            raise CorruptContainer("container index checksum does not match")
+        names = None
+        if footer.names_offset >= tail_start:
+            names = suffix[footer.names_offset - tail_start : footer.index_offset - tail_start]
+        return cls(source, footer, fmt.Index(bytes(index), footer.count), names=names, external=external)
+
+    @classmethod
+    def from_index(cls, source: ByteSource, index_blob: bytes, *, external: ExternalOpener | None = None) -> ContainerReader:
+        """Re-open from ``index_blob`` (a cached copy of INDEX + FOOTER) with no storage request."""
+        if len(index_blob) < fmt.FOOTER_SIZE:
+            raise CorruptContainer("cached index is too short")
+        footer_raw = index_blob[-fmt.FOOTER_SIZE :]
+        footer = fmt.parse_footer(footer_raw, _size_from_footer(footer_raw))
+        index = index_blob[:-fmt.FOOTER_SIZE]
+        if len(index) != footer.index_length or crc32c(index) != footer.index_crc:
+            raise CorruptContainer("cached index does not match its footer")
+        return cls(source, footer, fmt.Index(bytes(index), footer.count), external=external)
+
+    @property
+    def index_blob(self) -> bytes:
+        """INDEX + FOOTER: what a cache keeps to re-open this container without reading it."""
+        return self.index.raw + fmt.pack_footer(self.footer)
+
+    @property
+    def count(self) -> int:
+        return self.footer.count
+
+    @property
+    def layout_version(self) -> int:
+        return self.footer.layout_version
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def _slot(self, position: int) -> _Slot:
+        offset, size, head_len, flags = self.index.entry(position)
+        slot = _Slot(position, offset, size, head_len, flags)
+        if not (
+            fmt.MIN_HEAD <= head_len <= fmt.MAX_HEAD
+            and slot.start >= fmt.HEADER_SIZE
+            and slot.end <= self.footer.names_offset
+            and not flags & ~fmt.KNOWN_FLAGS
+            and size <= fmt.MAX_MEMBER_SIZE
+        ):
+            raise CorruptContainer(f"index entry {position} points outside the container's frames")
+        return slot
+
+    def _slots(self, name: str) -> list[_Slot]:
+        try:
+            raw = fmt.encode_name(name)
+        except WriterError:
+            return []
+        return [self._slot(i) for i in self.index.candidates(raw)]
+
+    def _frame_head(self, slot: _Slot, frame: bytes | memoryview) -> fmt.Head:
+        head = fmt.parse_head(frame, f"index entry {slot.position}")
+        if (head.head_len, head.size, head.flags) != (slot.head_len, slot.size, slot.flags):
+            raise CorruptContainer(f"member {head.name!r}: its frame and its index entry disagree")
+        return head
+
+    def _find_head(self, name: str, whole: Callable[[_Slot], bool] = lambda slot: False) -> tuple[_Slot, fmt.Head, bytes | None]:
+        """The slot and head of ``name``, with the whole frame when ``whole(slot)`` asks for it.
+
+        Single-block members always come whole: it is the same one request, and their one CRC
+        covers any range of them.
+        """
+        for slot in self._slots(name):
+            take = slot.blocks <= 1 or (whole(slot) and slot.end - slot.start <= MAX_MERGE)
+            raw = self.source.read(slot.start, (slot.end if take else slot.offset) - slot.start)
+            head = self._frame_head(slot, raw)
+            if head.name == name:
+                return slot, head, raw if take else None
+        raise MemberNotFound(name)
+
+    def find(self, name: str) -> Member | None:
+        """The member called ``name`` (one request: its frame head), or None."""
+        try:
+            slot, _, _ = self._find_head(name)
+        except MemberNotFound:
+            return None
+        return Member(name=name, size=slot.size, offset=0 if slot.external else slot.offset, external=slot.external)
+
+    def meta(self, name: str) -> MemberMeta:
+        """A member's stored metadata and checksum (one request)."""
+        slot, head, frame = self._find_head(name)
+        if frame is None:
+            frame = self.source.read(slot.start, slot.end - slot.start) if slot.external else None
+        if frame is None:
+            _, data_crc = fmt.parse_tail(self.source.read(slot.offset + slot.data_len, slot.end - slot.offset - slot.data_len), slot.size, slot.shift)
+        else:
+            _, data_crc = fmt.parse_tail(memoryview(frame)[slot.offset + slot.data_len - slot.start :], slot.size, slot.shift)
+        m = head.meta
+        return MemberMeta(name=name, size=head.size, content_type=m.content_type, path=m.path, created_at=m.created_at, checksum=data_crc, external_key=m.external_key)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read(self, name: str) -> bytes:
+        """A whole member, checked; one request for a member in the container."""
+        return b"".join(self.iter_range(name))
+
+    def read_range(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of a member, checked."""
+        return b"".join(self.iter_range(name, start, stop))
+
+    def iter_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream bytes ``[start, stop)`` of a member; each block is checked before it is yielded.
+
+        Raises MemberNotFound or ValueError (bad range) before yielding anything.
+        """
+        slot, head, frame = self._find_head(name, whole=lambda slot: start == 0 and stop in (None, slot.size))
+        stop = slot.size if stop is None else stop
+        if not 0 <= start <= stop <= slot.size:
+            raise ValueError(f"range [{start}, {stop}) is outside member {name!r} of {slot.size} bytes")
+        return self._iter_checked(slot, head, frame, start, stop, chunk_size)
+
+    def _iter_checked(self, slot: _Slot, head: fmt.Head, frame: bytes | None, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
+        if frame is not None and not slot.external:
+            data = self._check_small(slot, head.name, memoryview(frame))
+            for at in range(start, stop, chunk_size):
+                yield bytes(data[at : min(stop, at + chunk_size)])
+            return
+        if start == stop:
+            return
+        yield from self._iter_blocks(slot, head, start, stop, chunk_size)
+
+    def _check_small(self, slot: _Slot, name: str, frame: memoryview) -> memoryview:
+        """DATA of a whole in-container frame, after checking it against its CRCs."""
+        data = frame[slot.head_len : slot.head_len + slot.size]
+        block_crcs, data_crc = fmt.parse_tail(frame[slot.head_len + slot.size :], slot.size, slot.shift)
+        if len(block_crcs) > 1:
+            block = 1 << slot.shift
+            for i, expected in enumerate(block_crcs):
+                if crc32c(data[i * block : (i + 1) * block]) != expected:
+                    raise ChecksumMismatch(name, f"block {i} checksum does not match")
+        if crc32c(data) != data_crc:
+            raise ChecksumMismatch(name, "data checksum does not match")
+        return data
+
+    def _iter_blocks(self, slot: _Slot, head: fmt.Head, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
+        tail_at = slot.offset + slot.data_len
+        block_crcs, data_crc = fmt.parse_tail(self.source.read(tail_at, slot.end - tail_at), slot.size, slot.shift)
+        if slot.external:
+            source, base = self._open_external(head), 0
+        else:
+            source, base = self.source, slot.offset
+        block = 1 << slot.shift
+        first, last = start // block, (stop - 1) // block
+        per_read = max(1, min(chunk_size, MAX_MERGE) // block)
+        whole = start == 0 and stop == slot.size
+        running = 0
+        for group in range(first, last + 1, per_read):
+            group_end = min(last + 1, group + per_read)
+            lo, hi = group * block, min(slot.size, group_end * block)
+            raw = memoryview(source.read(base + lo, hi - lo))
+            for i in range(group, group_end):
+                piece = raw[(i - group) * block : (i - group + 1) * block]
+                if crc32c(piece) != block_crcs[i]:
+                    raise ChecksumMismatch(head.name, f"block {i} checksum does not match")
+                if whole:
+                    running = crc32c(piece, running)
+                a, b = max(start, i * block), min(stop, (i + 1) * block)
+                yield bytes(piece[a - i * block : b - i * block])
+        if whole and running != data_crc:
+            raise ChecksumMismatch(head.name, "data checksum does not match")
+
+    def _open_external(self, head: fmt.Head) -> ByteSource:
+        key = head.meta.external_key or ""
+        if self._external is None:
+            raise ContainerError(f"member {head.name!r} is stored outside the container as {key!r}, and no storage was given to read it")
+        return self._external(key)
+
+    def read_many(self, names: Iterable[str], *, max_merge: int = MAX_MERGE, max_gap: int = MAX_GAP) -> Iterator[tuple[str, bytes]]:
+        """Read several members, adjacent ones with one request; yields (name, bytes) by offset.
+
+        MemberNotFound for an unknown name is raised before anything is read.
+        """
+        wanted: list[tuple[str, _Slot]] = []
+        for name in dict.fromkeys(names):
+            slots = self._slots(name)
+            if not slots:
+                raise MemberNotFound(name)
+            wanted.append((name, slots[0]))
+        small = [(n, s) for n, s in wanted if not s.external and s.end - s.start <= max_merge]
+        for group in _coalesce(sorted(small, key=lambda p: p[1].start), max_merge, max_gap):
+            lo, hi = group[0][1].start, max(s.end for _, s in group)
+            raw = memoryview(self.source.read(lo, hi - lo))
+            for name, slot in group:
+                frame = raw[slot.start - lo : slot.end - lo]
+                head = self._frame_head(slot, frame)
+                if head.name != name:  # another name with the same hash: look it up alone
+                    yield name, self.read(name)
+                    continue
+                yield name, bytes(self._check_small(slot, name, frame))
+        for name, slot in wanted:
+            if slot.external or slot.end - slot.start > max_merge:
+                yield name, self.read(name)
+
+    # --- listing, merging and verifying -----------------------------------------------------
+
+    def _load_names(self) -> list[str]:
+        raw = self._names
+        if raw is None:
+            raw = self.source.read(self.footer.names_offset, self.footer.names_length)
+            if crc32c(raw) != self.footer.names_crc:
+                raise CorruptContainer("container names checksum does not match")
+            self._names = raw
+        elif crc32c(raw) != self.footer.names_crc:
+            raise CorruptContainer("container names checksum does not match")
+        names, pos = [], 0
+        for _ in range(self.count):
+            if pos + 2 > len(raw):
+                raise CorruptContainer("container names region is truncated")
+            (length,) = fmt.NAME_LEN.unpack_from(raw, pos)
+            names.append(fmt.decode_name(raw[pos + 2 : pos + 2 + length], "names region"))
+            pos += 2 + length
+        if pos != len(raw):
+            raise CorruptContainer("container names region has bytes past its last name")
+        return names
+
+    def members(self) -> Iterator[Member]:
+        """Every member in container order (needs the NAMES region: at most one request)."""
+        names = self._load_names()
+        slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        for slot in slots:
+            yield Member(name=names[slot.position], size=slot.size, offset=0 if slot.external else slot.offset, external=slot.external)
+
+    def raw_frames(self, skip: set[str]) -> Iterator[tuple[fmt.Head, bytes]]:
+        """Each member's (head, whole frame), checked once, for ``ContainerWriter.merge``."""
+        names = self._load_names()
+        slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        keep = [(names[s.position], s) for s in slots if names[s.position] not in skip]
+        for group in _coalesce(keep, MAX_MERGE, 0):
+            lo, hi = group[0][1].start, max(s.end for _, s in group)
+            if hi - lo > MAX_MERGE:  # one frame bigger than a merge: stream its blocks, checked
+                name, slot = group[0]
+                head = self._frame_head(slot, self.source.read(slot.start, slot.head_len))
+                parts = [self.source.read(slot.start, slot.head_len), *self._iter_blocks(slot, head, 0, slot.size, MAX_MERGE)]
+                yield head, b"".join(parts) + self.source.read(slot.offset + slot.data_len, slot.end - slot.offset - slot.data_len)
+                continue
+            raw = memoryview(self.source.read(lo, hi - lo))
+            for name, slot in group:
+                frame = raw[slot.start - lo : slot.end - lo]
+                head = self._frame_head(slot, frame)
+                if head.name != name:
+                    raise CorruptContainer(f"index entry {slot.position}: frame holds {head.name!r}, names region says {name!r}")
+                if not slot.external:
+                    self._check_small(slot, name, frame)
+                yield head, bytes(frame)
+
+    def verify(self) -> list[Problem]:
+        """Check header, footer, index, names and every member's checksums; [] when all is well."""
+        problems: list[Problem] = []
+        try:
+            layout_version = fmt.parse_header(self.source.read(0, fmt.HEADER_SIZE))
+            if layout_version != self.layout_version:
+                problems.append(Problem(None, f"header says layout {layout_version}, footer says {self.layout_version}"))
+        except CorruptContainer as exc:
+            problems.append(Problem(None, str(exc)))
+        try:
+            names = self._load_names()
+            slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        except CorruptContainer as exc:
+            return [*problems, Problem(None, str(exc))]
+        expected = fmt.HEADER_SIZE
+        for slot in slots:
+            if slot.start != expected:
+                problems.append(Problem(names[slot.position], f"frame starts at {slot.start}, the previous one ended at {expected}"))
+            expected = slot.end
+            name = names[slot.position]
+            if fmt.name_hash(name.encode("utf-8")) != self.index.hash_at(slot.position):
+                problems.append(Problem(name, "index hash does not match the name"))
+        if expected != self.footer.names_offset:
+            problems.append(Problem(None, f"frames end at {expected}, the names region starts at {self.footer.names_offset}"))
+        for name in names:
+            try:
+                for _ in self.iter_range(name, chunk_size=MAX_MERGE):
+                    pass
+            except (CorruptContainer, ContainerError) as exc:
+                problems.append(Problem(name, str(exc).removeprefix(f"member {name!r}: ")))
+        return problems
+
+
+def _coalesce(items: list[tuple[str, _Slot]], max_merge: int, max_gap: int) -> Iterator[list[tuple[str, _Slot]]]:
+    """Group frames sorted by start into runs read with one request each."""
+    group: list[tuple[str, _Slot]] = []
+    lo = hi = 0
+    for item in items:
+        slot = item[1]
+        if group and slot.start - hi <= max_gap and max(hi, slot.end) - lo <= max_merge:
+            group.append(item)
+            hi = max(hi, slot.end)
+            continue
+        if group:
+            yield group
+        group, lo, hi = [item], slot.start, slot.end
+    if group:
+        yield group
+
+
+def _size_from_footer(footer_raw: bytes) -> int:
+    """The container size a footer implies (index end + footer), for cached indexes."""
+    try:
+        fields = fmt.FOOTER.unpack(footer_raw)
+    except Exception:  # noqa: BLE001 - struct.error: wrong length
+        raise CorruptContainer("cached footer is malformed") from None
+    return fields[2] + fields[3] * fmt.ENTRY_SIZE + fmt.FOOTER_SIZE

@@ -1,0 +1,566 @@
+"""DES v1 containers, the format of the earlier Datavision Easy Store tool: read-only.
+
+    HEADER(16) | DATA | META | INDEX | FOOTER(72)
+
+``des-v1-format.md`` describes every byte. desq reads v1 and never writes it. v1 has no
+checksums, so everything the layout implies is checked instead: a damaged container ends in
+CorruptContainer with a one-line message, never in another exception and never in a read
+outside the regions the footer states.
+
+Damage that makes the index unusable (footer, regions, index entries, names) fails ``open``.
+Damage confined to one member (its data or metadata out of place, bad JSON, unsupported flags)
+makes only that member unreadable; ``verify`` lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from desq.container.errors import ContainerError, CorruptContainer, MemberNotFound
+from desq.container.member import Member, MemberMeta, Problem
+from desq.container.source import ByteSource
+
+VERSION = 1
+HEADER_MAGIC = b"DESHEAD1"
+FOOTER_MAGIC = b"DESFOOT1"
+HEADER = struct.Struct("<8sB7s")  # magic, version, 7 zero bytes
+FOOTER = struct.Struct("<8sB7s7Q")
+# magic, version, 7 reserved bytes, data_start, data_length, meta_start, meta_length,
+# index_start, index_length, file_count
+HEADER_SIZE = HEADER.size  # 16
+FOOTER_SIZE = FOOTER.size  # 72
+MIN_SIZE = HEADER_SIZE + FOOTER_SIZE  # 88
+DATA_START = HEADER_SIZE
+
+NAME_LEN = struct.Struct("<H")
+ENTRY_FIELDS = struct.Struct("<QQQQI")  # data_offset, data_length, meta_offset, meta_length, flags
+MIN_ENTRY_SIZE = NAME_LEN.size + ENTRY_FIELDS.size  # 38
+
+FLAG_EXTERNAL = 0x1
+FLAG_COMPRESSED = 0x2
+FLAG_ENCRYPTED = 0x4
+FLAG_DELETED = 0x8
+KNOWN_FLAGS = FLAG_EXTERNAL | FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_DELETED
+
+MAX_MEMBER_SIZE = 1 << 48
+MAX_INDEX_READ = 1 << 30
+"""Largest META+INDEX span ``open`` reads into memory; a bigger one is refused as implausible."""
+HEADER_MERGE_GAP = 64 << 10
+"""A first data read starting this close to the header fetches the header with it."""
+
+ExternalOpener = Callable[[str], ByteSource]
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+
+
+# --- pure parsing ---------------------------------------------------------------------------
+
+
+def is_des_v1(tail: bytes) -> bool:
+    """Whether these last bytes of an object end with a DES v1 footer (magic and version)."""
+    return len(tail) >= FOOTER_SIZE and tail[-FOOTER_SIZE:][:9] == FOOTER_MAGIC + bytes([VERSION])
+
+
+@dataclass(frozen=True, slots=True)
+class Footer:
+    """A parsed and checked DES v1 footer, with the object size it was checked against."""
+
+    size: int
+    reserved: bytes
+    data_start: int
+    data_length: int
+    meta_start: int
+    meta_length: int
+    index_start: int
+    index_length: int
+    file_count: int
+
+    @property
+    def data_end(self) -> int:
+        return self.data_start + self.data_length
+
+    @property
+    def meta_end(self) -> int:
+        return self.meta_start + self.meta_length
+
+    @property
+    def index_end(self) -> int:
+        return self.index_start + self.index_length
+
+    @property
+    def footer_start(self) -> int:
+        return self.size - FOOTER_SIZE
+
+
+def parse_footer(tail: bytes, size: int) -> Footer:
+    """Check the footer at the end of ``tail`` (the last bytes of an object of ``size`` bytes)."""
+    if size < MIN_SIZE:
+        raise CorruptContainer(f"{size} bytes is too short for a DES v1 container (at least {MIN_SIZE})")
+    if len(tail) < FOOTER_SIZE:
+        raise CorruptContainer("DES v1 footer is truncated")
+    magic, version, reserved, *fields = FOOTER.unpack_from(tail, len(tail) - FOOTER_SIZE)
+    if magic != FOOTER_MAGIC:
+        raise CorruptContainer(f"not a DES v1 container: footer magic is {magic!r}, not {FOOTER_MAGIC!r}")
+    if version != VERSION:
+        raise CorruptContainer(f"DES v1 footer says version {version}, not {VERSION}")
+    footer = Footer(size, reserved, *fields)
+    check_regions(footer)
+    return footer
+
+
+def check_regions(f: Footer) -> None:
+    """Regions inside the file, in order, not overlapping; a member count the index can hold."""
+    if f.data_start != DATA_START:
+        raise CorruptContainer(f"DES v1 DATA starts at {f.data_start}, not {DATA_START}")
+    regions = (("DATA", f.data_start, f.data_end), ("META", f.meta_start, f.meta_end), ("INDEX", f.index_start, f.index_end))
+    for region, start, end in regions:
+        if end > f.footer_start:
+            raise CorruptContainer(f"DES v1 {region} region [{start}, {end}) runs past the footer at {f.footer_start}")
+    if f.meta_start < f.data_end:
+        raise CorruptContainer(f"DES v1 META region at {f.meta_start} overlaps or precedes DATA ending at {f.data_end}")
+    if f.index_start < f.meta_end:
+        raise CorruptContainer(f"DES v1 INDEX region at {f.index_start} overlaps or precedes META ending at {f.meta_end}")
+    most = f.index_length // MIN_ENTRY_SIZE
+    if f.file_count > most:
+        raise CorruptContainer(
+            f"DES v1 footer claims {f.file_count} members; its {f.index_length}-byte index holds at most {most}"
+        )
+    span = f.index_end - f.meta_start
+    if span > MAX_INDEX_READ:
+        raise CorruptContainer(f"DES v1 META and INDEX span {span} bytes, more than the {MAX_INDEX_READ} a reader accepts")
+
+
+def check_header(raw: bytes) -> None:
+    """Check the 16-byte header."""
+    if len(raw) < HEADER_SIZE:
+        raise CorruptContainer("DES v1 header is truncated")
+    magic, version, pad = HEADER.unpack_from(raw)
+    if magic != HEADER_MAGIC:
+        raise CorruptContainer(f"not a DES v1 container: header magic is {magic!r}, not {HEADER_MAGIC!r}")
+    if version != VERSION:
+        raise CorruptContainer(f"DES v1 header says version {version}, not {VERSION}")
+    if any(pad):
+        raise CorruptContainer("DES v1 header padding is not zero")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One INDEX entry as stored."""
+
+    position: int
+    name: str
+    data_offset: int
+    data_length: int
+    meta_offset: int
+    meta_length: int
+    flags: int
+
+    @property
+    def external(self) -> bool:
+        return bool(self.flags & FLAG_EXTERNAL)
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.flags & FLAG_DELETED)
+
+    @property
+    def data_end(self) -> int:
+        return self.data_offset + self.data_length
+
+
+def parse_index(raw: bytes | memoryview, count: int) -> list[Entry]:
+    """The ``count`` entries that must fill ``raw`` (the INDEX region) exactly."""
+    entries = []
+    pos, end = 0, len(raw)
+    for i in range(count):
+        if pos + NAME_LEN.size > end:
+            raise CorruptContainer(f"DES v1 index entry {i} runs past the end of the index")
+        (name_len,) = NAME_LEN.unpack_from(raw, pos)
+        name_end = pos + NAME_LEN.size + name_len
+        if name_end > end:
+            raise CorruptContainer(f"DES v1 index entry {i}: its {name_len}-byte name runs past the end of the index")
+        if name_end + ENTRY_FIELDS.size > end:
+            raise CorruptContainer(f"DES v1 index entry {i}: its fields run past the end of the index")
+        try:
+            name = bytes(raw[pos + NAME_LEN.size : name_end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptContainer(f"DES v1 index entry {i}: the name is not valid UTF-8") from None
+        entries.append(Entry(i, name, *ENTRY_FIELDS.unpack_from(raw, name_end)))
+        pos = name_end + ENTRY_FIELDS.size
+    if pos != end:
+        raise CorruptContainer(f"DES v1 index has {end - pos} bytes after its {count} entries")
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class EntryCheck:
+    """What is wrong with one entry: problems with its data, and with its metadata."""
+
+    meta: dict[str, object] | None
+    data_problems: tuple[str, ...]
+    meta_problems: tuple[str, ...]
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self.data_problems + self.meta_problems
+
+
+def check_entry(entry: Entry, footer: Footer, meta_region: bytes | memoryview) -> EntryCheck:
+    """Check one entry against the regions; ``meta_region`` holds the META bytes."""
+    data: list[str] = []
+    unknown = entry.flags & ~KNOWN_FLAGS
+    if unknown:
+        data.append(f"unknown flag bits 0x{unknown:x}")
+    if entry.flags & FLAG_COMPRESSED:
+        data.append("flagged compressed (0x2), which the DES v1 tool never wrote")
+    if entry.flags & FLAG_ENCRYPTED:
+        data.append("flagged encrypted (0x4), which the DES v1 tool never wrote")
+    if entry.data_length > MAX_MEMBER_SIZE:
+        data.append(f"data_length {entry.data_length} is beyond 2**48")
+    elif entry.external:
+        if entry.data_offset:
+            data.append(f"external member has data_offset {entry.data_offset}, not 0")
+    elif entry.data_offset < footer.data_start or entry.data_end > footer.data_end:
+        data.append(f"data [{entry.data_offset}, {entry.data_end}) lies outside DATA [{footer.data_start}, {footer.data_end})")
+    meta, meta_problems = _check_meta(entry, footer, meta_region)
+    return EntryCheck(meta, tuple(data), meta_problems)
+
+
+def _check_meta(
+    entry: Entry, footer: Footer, meta_region: bytes | memoryview
+) -> tuple[dict[str, object] | None, tuple[str, ...]]:
+    """The entry's parsed metadata (None if unusable) and what is wrong with it."""
+    end = entry.meta_offset + entry.meta_length
+    if entry.meta_offset < footer.meta_start or end > footer.meta_end:
+        return None, (f"metadata [{entry.meta_offset}, {end}) lies outside META [{footer.meta_start}, {footer.meta_end})",)
+    start = entry.meta_offset - footer.meta_start
+    meta, problem = parse_meta(bytes(meta_region[start : start + entry.meta_length]))
+    if meta is None:
+        return None, (problem,)
+    problems = []
+    size = meta.get("size")
+    if "size" in meta and (type(size) is not int or size != entry.data_length):
+        problems.append(f"metadata size {_short.repr(size)} does not match the index ({entry.data_length})")
+    mime = meta.get("mime")
+    if mime is not None and not isinstance(mime, str):
+        problems.append(f"metadata mime {_short.repr(mime)} is not a string")
+    flag = meta.get("is_external")
+    if "is_external" in meta and flag is not entry.external:
+        problems.append(f"metadata is_external {_short.repr(flag)} disagrees with the index flags (0x{entry.flags:x})")
+    key = meta.get("external_key")
+    if entry.external and not (isinstance(key, str) and key):
+        problems.append(f"external member has no usable external_key in its metadata (got {_short.repr(key)})")
+    return meta, tuple(problems)
+
+
+def parse_meta(raw: bytes) -> tuple[dict[str, object] | None, str]:
+    """``(object, "")`` for a JSON object, else ``(None, what is wrong)``."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "metadata is not valid UTF-8"
+    except (ValueError, RecursionError):
+        return None, "metadata is not valid JSON"
+    if not isinstance(value, dict):
+        return None, f"metadata is a JSON {type(value).__name__}, not an object"
+    return value, ""
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+
+def _fetch(source: ByteSource, offset: int, length: int) -> bytes:
+    """``source.read`` that also refuses a source answering with the wrong number of bytes."""
+    data = source.read(offset, length)
+    if len(data) != length:
+        raise CorruptContainer(f"asked for {length} bytes at {offset}, the source returned {len(data)}")
+    return data
+
+
+class DesV1Reader:
+    """Reads one DES v1 container through a ByteSource."""
+
+    version = 1
+
+    def __init__(
+        self, source: ByteSource, footer: Footer, region: bytes, entries: list[Entry], *, external: ExternalOpener | None = None
+    ) -> None:
+        """Use ``open``; ``region`` is META through INDEX, ``entries`` the parsed INDEX."""
+        self._source = source
+        self.footer = footer
+        self._meta_region = memoryview(region)[: footer.meta_length]
+        self._entries = entries
+        self._external = external
+        latest: dict[str, Entry] = {}
+        for entry in entries:
+            latest[entry.name] = entry
+        self._live = {name: entry for name, entry in latest.items() if not entry.deleted}
+        self.count = len(self._live)
+        self._checks: dict[int, EntryCheck] = {}
+        self._order: list[Member] | None = None
+        self._header_error: str | None = None
+        self._header_checked = False
+
+    @classmethod
+    def open(
+        cls,
+        source: ByteSource,
+        *,
+        suffix: bytes | None = None,
+        size: int | None = None,
+        external: ExternalOpener | None = None,
+    ) -> DesV1Reader:
+        """Parse footer and index: one suffix read (none if ``suffix``/``size`` are given) and one read."""
+        if (suffix is None) != (size is None):
+            raise ValueError("suffix and size must be given together")
+        if suffix is not None and size is not None and len(suffix) > size:
+            raise ValueError(f"a suffix of {len(suffix)} bytes cannot come from an object of {size} bytes")
+        if suffix is None or size is None or len(suffix) < min(FOOTER_SIZE, size):
+            suffix, size = source.read_suffix(FOOTER_SIZE)
+            if len(suffix) > size:
+                raise CorruptContainer(f"the source returned {len(suffix)} bytes of a {size}-byte object")
+        footer = parse_footer(suffix, size)
+        tail_start = size - len(suffix)
+        lo, hi = footer.meta_start, footer.index_end
+        if lo >= tail_start or hi == lo:
+            region = bytes(suffix[lo - tail_start : hi - tail_start])
+        else:
+            region = _fetch(source, lo, hi - lo)
+        entries = parse_index(memoryview(region)[footer.index_start - lo :], footer.file_count)
+        reader = cls(source, footer, region, entries, external=external)
+        if tail_start == 0:
+            reader._accept_header(suffix[:HEADER_SIZE])
+        return reader
+
+    # --- lookups ---
+
+    def members(self) -> Iterator[Member]:
+        """Live members in container order: by data offset, then external ones by name."""
+        if self._order is None:
+            inside = sorted((e for e in self._live.values() if not e.external), key=lambda e: (e.data_offset, e.position))
+            outside = sorted((e for e in self._live.values() if e.external), key=lambda e: e.name)
+            self._order = [_member(e) for e in inside + outside]
+        return iter(self._order)
+
+    def find(self, name: str) -> Member | None:
+        """The live member called ``name``, or None."""
+        entry = self._live.get(name)
+        return None if entry is None else _member(entry)
+
+    def meta(self, name: str) -> MemberMeta:
+        """The member's metadata; CorruptContainer if it does not parse or disagrees with the index."""
+        entry = self._entry(name)
+        check = self._check(entry)
+        if check.meta_problems or check.meta is None:
+            raise CorruptContainer(f"member {name!r}: {check.meta_problems[0]}")
+        mime = check.meta.get("mime")
+        key = check.meta.get("external_key") if entry.external else None
+        return MemberMeta(
+            name=name,
+            size=entry.data_length,
+            content_type=mime if isinstance(mime, str) else None,
+            external_key=key if isinstance(key, str) else None,
+        )
+
+    # --- reads ---
+
+    def read(self, name: str) -> bytes:
+        """The whole member."""
+        entry, check = self._readable(name)
+        if entry.external:
+            return self._read_external_whole(entry, check)
+        return self._read_data(entry.data_offset, entry.data_length, entry.data_length + HEADER_MERGE_GAP)
+
+    def read_range(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of the member."""
+        entry, check = self._readable(name)
+        _check_range(entry, start, stop)
+        if entry.external:
+            return _fetch(self._open_external(entry, check), start, stop - start) if stop > start else b""
+        return self._read_data(entry.data_offset + start, stop - start, stop - start + HEADER_MERGE_GAP)
+
+    def iter_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` of the member in chunks of at most ``chunk_size`` bytes."""
+        entry, check = self._readable(name)
+        stop = entry.data_length if stop is None else stop
+        _check_range(entry, start, stop)
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if entry.external:
+            return self._iter_external(entry, check, start, stop, chunk_size)
+        return self._iter_data(entry.data_offset, start, stop, chunk_size)
+
+    def read_many(self, names: Iterable[str], *, max_merge: int = 8 << 20, max_gap: int = 64 << 10) -> Iterator[tuple[str, bytes]]:
+        """``(name, bytes)`` of each named member once, in container order; nearby members share one read."""
+        if max_merge < 0 or max_gap < 0:
+            raise ValueError("max_merge and max_gap must not be negative")
+        wanted = [self._readable(name) for name in dict.fromkeys(names)]
+        inside = sorted((ec for ec in wanted if not ec[0].external), key=lambda ec: (ec[0].data_offset, ec[0].position))
+        outside = sorted((ec for ec in wanted if ec[0].external), key=lambda ec: ec[0].name)
+        return self._read_many(inside, outside, max_merge, max_gap)
+
+    def verify(self) -> list[Problem]:
+        """Structural problems (v1 has no checksums); [] when all is well."""
+        problems = [Problem(None, text) for text in self._footer_oddities()]
+        try:
+            self._ensure_header()
+        except CorruptContainer as exc:
+            problems.append(Problem(None, str(exc)))
+        for entry in self._entries:
+            live = self._live.get(entry.name) is entry
+            label = "" if live else f"{'deleted' if entry.deleted else 'superseded'} index entry {entry.position}: "
+            problems.extend(Problem(entry.name, label + text) for text in self._check(entry).problems)
+        previous: Entry | None = None
+        for member in self.members():
+            entry = self._live[member.name]
+            if entry.external or self._check(entry).data_problems:
+                continue
+            if previous is not None and entry.data_offset < previous.data_end:
+                problems.append(Problem(entry.name, f"data at {entry.data_offset} overlaps member {previous.name!r}"))
+            if previous is None or entry.data_end > previous.data_end:
+                previous = entry
+        return problems
+
+    # --- internals ---
+
+    def _footer_oddities(self) -> list[str]:
+        """Harmless-looking but unexpected footer facts: unowned bytes, non-zero reserved bytes."""
+        f = self.footer
+        found = [f"{b - a} bytes between {what} belong to no region" for what, a, b in (
+            ("DATA and META", f.data_end, f.meta_start),
+            ("META and INDEX", f.meta_end, f.index_start),
+            ("INDEX and the footer", f.index_end, f.footer_start),
+        ) if b > a]
+        if any(f.reserved):
+            found.append("footer reserved bytes are not zero")
+        return found
+
+    def _entry(self, name: str) -> Entry:
+        """The live entry called ``name``; MemberNotFound if none."""
+        entry = self._live.get(name)
+        if entry is None:
+            raise MemberNotFound(name)
+        return entry
+
+    def _check(self, entry: Entry) -> EntryCheck:
+        """``check_entry``, once per entry."""
+        check = self._checks.get(entry.position)
+        if check is None:
+            check = self._checks[entry.position] = check_entry(entry, self.footer, self._meta_region)
+        return check
+
+    def _readable(self, name: str) -> tuple[Entry, EntryCheck]:
+        """The live entry called ``name`` if nothing is wrong with it; CorruptContainer otherwise."""
+        entry = self._entry(name)
+        check = self._check(entry)
+        if check.problems:
+            raise CorruptContainer(f"member {name!r}: {check.problems[0]}")
+        return entry, check
+
+    def _accept_header(self, raw: bytes) -> None:
+        """Check the header once; a bad one is remembered and fails every later data read."""
+        try:
+            check_header(raw)
+        except CorruptContainer as exc:
+            self._header_error = str(exc)
+            raise
+        finally:
+            self._header_checked = True
+
+    def _ensure_header(self) -> None:
+        """Fetch and check the header unless that was done."""
+        if self._header_error is not None:
+            raise CorruptContainer(self._header_error)
+        if not self._header_checked:
+            self._accept_header(_fetch(self._source, 0, HEADER_SIZE))
+
+    def _read_data(self, offset: int, length: int, merge_limit: int) -> bytes:
+        """``length`` bytes at ``offset`` of the container, checking the header first (with them if near)."""
+        if not self._header_checked and offset + length <= merge_limit:
+            raw = _fetch(self._source, 0, offset + length)
+            self._accept_header(raw[:HEADER_SIZE])
+            return raw[offset:]
+        self._ensure_header()
+        return _fetch(self._source, offset, length) if length else b""
+
+    def _iter_data(self, base: int, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` of the member whose data start at ``base``, one read a chunk."""
+        pos = start
+        while pos < stop:
+            n = min(chunk_size, stop - pos)
+            yield self._read_data(base + pos, n, chunk_size)
+            pos += n
+
+    def _read_many(
+        self, inside: list[tuple[Entry, EntryCheck]], outside: list[tuple[Entry, EntryCheck]], max_merge: int, max_gap: int
+    ) -> Iterator[tuple[str, bytes]]:
+        """Members inside the container in coalesced reads, then the external ones."""
+        for group in _coalesce([e for e, _ in inside], max_merge, max_gap):
+            start = group[0].data_offset
+            end = max(e.data_end for e in group)
+            raw = self._read_data(start, end - start, end - start + HEADER_MERGE_GAP)
+            for entry in group:
+                yield entry.name, raw[entry.data_offset - start : entry.data_end - start]
+        for entry, check in outside:
+            yield entry.name, self._read_external_whole(entry, check)
+
+    def _open_external(self, entry: Entry, check: EntryCheck) -> ByteSource:
+        """The source of an external member's bytes (its key was checked by ``check_entry``)."""
+        key = check.meta.get("external_key") if check.meta else None
+        if self._external is None:
+            raise ContainerError(
+                f"member {entry.name!r} is stored outside the container as {key!r}, and no external source was given to read it"
+            )
+        return self._external(str(key))
+
+    def _read_external_whole(self, entry: Entry, check: EntryCheck) -> bytes:
+        """The whole external object in one request, which also checks its size against the index."""
+        raw, total = self._open_external(entry, check).read_suffix(entry.data_length + 1)
+        if total != entry.data_length or len(raw) != total:
+            key = check.meta.get("external_key") if check.meta else None
+            raise CorruptContainer(f"member {entry.name!r}: external object {key!r} has {total} bytes, the index says {entry.data_length}")
+        return raw
+
+    def _iter_external(self, entry: Entry, check: EntryCheck, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` of an external member, one read a chunk."""
+        if start >= stop:
+            return
+        source = self._open_external(entry, check)
+        pos = start
+        while pos < stop:
+            n = min(chunk_size, stop - pos)
+            yield _fetch(source, pos, n)
+            pos += n
+
+
+def _member(entry: Entry) -> Member:
+    """What a reader reports about an entry."""
+    return Member(entry.name, entry.data_length, 0 if entry.external else entry.data_offset, entry.external)
+
+
+def _check_range(entry: Entry, start: int, stop: int) -> None:
+    """ValueError unless ``0 <= start <= stop <= size``."""
+    if not 0 <= start <= stop <= entry.data_length:
+        raise ValueError(f"range [{start}, {stop}) is outside member {entry.name!r} of {entry.data_length} bytes")
+
+
+def _coalesce(entries: list[Entry], max_merge: int, max_gap: int) -> Iterator[list[Entry]]:
+    """Runs of entries (sorted by offset) whose data lie within ``max_gap`` and span <= ``max_merge``."""
+    group: list[Entry] = []
+    start = end = 0
+    for entry in entries:
+        if group and entry.data_offset - end <= max_gap and max(end, entry.data_end) - start <= max_merge:
+            group.append(entry)
+            end = max(end, entry.data_end)
+            continue
+        if group:
+            yield group
+        group, start, end = [entry], entry.data_offset, entry.data_end
+    if group:
+        yield group
