@@ -12,14 +12,19 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from desq import __version__
+from desq.container import ContainerError, FileSource, Problem
+from desq.container import local
+from desq.container.fsck import salvage
 from desq.errors import DesqError
 from desq.layout import LayoutError
+from desq.progress import progress
 from desq.settings import Settings, dump_toml, load_settings, markdown_table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -127,6 +132,116 @@ def config(markdown: bool) -> None:
         click.echo(markdown_table(), nl=False)
     else:
         click.echo(dump_toml(click.get_current_context().ensure_object(State).settings), nl=False)
+
+
+def _archive_root(settings: Settings) -> Path | None:
+    url = settings.archive.url
+    if url.startswith("s3://"):
+        return None
+    return Path(url.removeprefix("file://"))
+
+
+def _container_path(settings: Settings, target: str) -> Path:
+    path = Path(target)
+    if not path.is_file() and _archive_root(settings) is None:
+        raise DesqError(f"no local container at {target!r}; this desq reads containers from local paths and local archives only")
+    return local.resolve(target, _archive_root(settings))
+
+
+@main.command("ls")
+@common_options
+@click.argument("container")
+@needs_settings
+def ls_(settings: Settings, container: str) -> None:
+    """List a container (v2 or DES v1): name<TAB>size a line."""
+    with local.open_local(_container_path(settings, container)) as reader:
+        for member in reader.members():
+            click.echo(f"{member.name}\t{member.size}")
+
+
+@main.command()
+@common_options
+@click.argument("container")
+@click.argument("name")
+@needs_settings
+def cat(settings: Settings, container: str, name: str) -> None:
+    """Write one member to stdout, checked against its checksums."""
+    out = sys.stdout.buffer
+    with local.open_local(_container_path(settings, container)) as reader:
+        for chunk in reader.iter_range(name):
+            out.write(chunk)
+    out.flush()
+
+
+@main.command()
+@common_options
+@click.argument("containers", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every container under the local archive.")
+@needs_settings
+def verify(settings: Settings, containers: tuple[str, ...], everything: bool) -> None:
+    """Check every checksum; name each bad member and exit 1 if any."""
+    if not containers and not everything:
+        raise click.UsageError("name containers to verify, or give --all")
+    targets = [_container_path(settings, c) for c in containers]
+    if everything:
+        root = _archive_root(settings)
+        if root is None:
+            raise DesqError("--all needs a local archive; S3 archives are not read by this desq")
+        targets += sorted(root.rglob("*.des")) if root.is_dir() else []
+    bad = 0
+    for path in progress(targets, "verify"):
+        try:
+            with local.open_local(path) as reader:
+                problems = reader.verify()
+                count = reader.count
+        except ContainerError as exc:
+            problems, count = [Problem(None, str(exc))], 0
+        for problem in problems:
+            click.echo(f"BAD {path}: {problem}")
+        if problems:
+            bad += 1
+        else:
+            click.echo(f"ok  {path}: {count} members")
+    if bad:
+        raise DesqError(f"{bad} of {len(targets)} container(s) failed verification")
+
+
+@main.command()
+@common_options
+@click.argument("container")
+@click.option("--salvage", "out", metavar="OUT", help="Write every member still provably intact into a new container OUT.")
+@needs_settings
+def fsck(settings: Settings, container: str, out: str | None) -> None:
+    """Check a container; with --salvage, rebuild what can be proven intact into OUT."""
+    path = _container_path(settings, container)
+    try:
+        with local.open_local(path) as reader:
+            problems = reader.verify()
+            version = reader.version
+    except ContainerError as exc:
+        problems, version = [Problem(None, str(exc))], 2
+    for problem in problems:
+        click.echo(f"BAD {path}: {problem}")
+    salvaged = ""
+    if out:
+        if version != 2:
+            raise DesqError("--salvage rebuilds format v2 containers only")
+        target = Path(out)
+        if target.exists():
+            raise DesqError(f"{out} exists; salvage never overwrites a file")
+        partial = target.with_name(f".{target.name}.partial")
+        with FileSource(path) as source, open(partial, "wb") as fh:
+            summary, report = salvage(source, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        partial.rename(target)
+        for lo, hi in report.damaged:
+            click.echo(f"lost {path}: bytes {lo}..{hi} hold no intact member")
+        salvaged = f"; salvaged {summary.count} members into {out}"
+        click.echo(f"salvaged {summary.count} intact members into {out}")
+    if problems:
+        raise DesqError(f"{path} is damaged: {len(problems)} problem(s){salvaged}")
+    click.echo(f"ok  {path}")
 
 
 def _one_line(exc: BaseException) -> str:
