@@ -403,3 +403,29 @@ def test_verify_reports_a_damaged_header() -> None:
     good = build([("a", b"abc")])
     problems = ContainerReader.open(BytesSource(_flip(good, 2))).verify()
     assert len(problems) == 1 and problems[0].name is None and "header" in problems[0].message
+
+
+def test_members_over_eight_mib_stream_and_merge() -> None:
+    blob = os.urandom(9 * MiB + 123)
+    old = build([("huge", blob), ("tiny", b"t")])
+    source = CountingSource(old)
+    reader = ContainerReader.open(source)
+    chunks = list(reader.iter_range("huge", chunk_size=2 * MiB))
+    assert b"".join(chunks) == blob and max(len(c) for c in chunks) <= 2 * MiB
+    out = io.BytesIO()
+    with ContainerWriter(out) as w:
+        assert w.merge(reader) == 2
+    merged = ContainerReader.open(BytesSource(out.getvalue()))
+    assert merged.read("huge") == blob and merged.verify() == []
+    bad = bytearray(old)
+    bad[reader.find("huge").offset + 8 * MiB + 5] ^= 1
+    with pytest.raises(ChecksumMismatch, match="block 8"):
+        ContainerWriter(io.BytesIO()).merge(ContainerReader.open(BytesSource(bytes(bad))))
+
+
+def test_memoryview_of_wider_items_is_stored_as_its_bytes() -> None:
+    from array import array
+
+    numbers = array("I", range(1000))
+    reader = open_container(BytesSource(build([("n", memoryview(numbers))])))
+    assert reader.read("n") == numbers.tobytes()

@@ -21,6 +21,8 @@ from desq.container.source import ByteSource
 DEFAULT_SUFFIX = 64 * 1024
 """First read of a container: the footer and, for up to ~2,500 members, the whole index."""
 MAX_MERGE = 8 << 20
+KEEP_NAMES = 64 << 10
+"""NAMES regions up to this size stay in memory; larger ones are read again when listing."""
 MAX_GAP = 64 << 10
 
 ExternalOpener = Callable[[str], ByteSource]
@@ -96,7 +98,7 @@ class ContainerReader:
         if crc32c(index) != footer.index_crc:
             raise CorruptContainer("container index checksum does not match")
         names = None
-        if footer.names_offset >= tail_start:
+        if footer.names_offset >= tail_start and footer.names_length <= KEEP_NAMES:
             names = suffix[footer.names_offset - tail_start : footer.index_offset - tail_start]
         return cls(source, footer, fmt.Index(bytes(index), footer.count), names=names, external=external)
 
@@ -298,7 +300,8 @@ class ContainerReader:
             raw = self.source.read(self.footer.names_offset, self.footer.names_length)
             if crc32c(raw) != self.footer.names_crc:
                 raise CorruptContainer("container names checksum does not match")
-            self._names = raw
+            if len(raw) <= KEEP_NAMES:
+                self._names = raw
         elif crc32c(raw) != self.footer.names_crc:
             raise CorruptContainer("container names checksum does not match")
         names, pos = [], 0

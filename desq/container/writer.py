@@ -25,6 +25,7 @@ from desq.container.member import Member
 from desq.layout import LAYOUT_VERSION
 
 Data = bytes | bytearray | memoryview | BinaryIO | Iterable[bytes]
+_ONE_BLOCK = 1 << fmt.MIN_BLOCK_SHIFT
 
 
 class RawFrames(Protocol):
@@ -82,8 +83,17 @@ class ContainerWriter:
         ``size`` is required for a stream whose length is not known up front; the stream must then
         deliver exactly that many bytes (a source that changes while it is read is refused).
         """
-        raw_name = self._new_name(name)
+        raw_name, key = self._new_name(name)
         meta = fmt.encode_meta(fmt.Meta(content_type=content_type, path=path, created_at=created_at))
+        if isinstance(data, (bytes, bytearray)) and len(data) <= _ONE_BLOCK and size in (None, len(data)):
+            # The common small file: one block, one CRC, one write.
+            head = fmt.pack_head(raw_name, len(data), meta)
+            self._check_open()
+            frame = b"".join((head, data, fmt.pack_tail([], crc32c(data))))
+            self._write(frame)
+            data_offset = self._pos - len(frame) + len(head)
+            self._record(raw_name, key, data_offset, len(data), len(head), 0)
+            return Member(name=name, size=len(data), offset=data_offset)
         if isinstance(data, (bytes, bytearray, memoryview)):
             view = memoryview(data).cast("B")
             if size is not None and size != len(view):
@@ -101,7 +111,7 @@ class ContainerWriter:
         block_crcs, data_crc = self._copy(name, chunks, size)
         self._write(fmt.pack_tail(block_crcs, data_crc))
         self._state = "open"
-        self._record(raw_name, data_offset, size, len(head), 0)
+        self._record(raw_name, key, data_offset, size, len(head), 0)
         return Member(name=name, size=size, offset=data_offset)
 
     def add_external(
@@ -121,7 +131,7 @@ class ContainerWriter:
         ``checksum`` is the CRC32C of all its bytes and ``block_checksums`` one CRC32C per block
         of ``1 << block_shift_for(size)`` bytes, as ``external_checksums`` computes them.
         """
-        raw_name = self._new_name(name)
+        raw_name, key = self._new_name(name)
         if not external_key:
             raise WriterError(f"member {name!r}: an external member needs its key")
         meta = fmt.encode_meta(fmt.Meta(content_type=content_type, path=path, created_at=created_at, external_key=external_key))
@@ -132,7 +142,7 @@ class ContainerWriter:
         self._write(head)
         data_offset = self._pos
         self._write(fmt.pack_tail(block_checksums, checksum))
-        self._record(raw_name, data_offset, size, len(head), fmt.FLAG_EXTERNAL)
+        self._record(raw_name, key, data_offset, size, len(head), fmt.FLAG_EXTERNAL)
         return Member(name=name, size=size, offset=0, external=True)
 
     def merge(self, source: RawFrames, *, skip: Iterable[str] = ()) -> int:
@@ -146,12 +156,13 @@ class ContainerWriter:
         copied = 0
         for head, frame in source.raw_frames(set(skip)):
             raw_name = head.name.encode("utf-8")
-            if self._is_duplicate(raw_name):
+            key = fmt.name_hash(raw_name)
+            if self._is_duplicate(raw_name, key):
                 continue
             self._check_open()
             start = self._pos
             self._write(frame)
-            self._record(raw_name, start + head.head_len, head.size, head.head_len, head.flags)
+            self._record(raw_name, key, start + head.head_len, head.size, head.head_len, head.flags)
             copied += 1
         return copied
 
@@ -213,24 +224,24 @@ class ContainerWriter:
         self._out.write(chunk)
         self._pos += len(chunk)
 
-    def _is_duplicate(self, raw_name: bytes) -> bool:
-        first = self._seen.get(fmt.name_hash(raw_name))
+    def _is_duplicate(self, raw_name: bytes, key: int) -> bool:
+        first = self._seen.get(key)
         if first is None:
             return False
         return self._name_at(first) == raw_name or raw_name in self._collided
 
-    def _new_name(self, name: str) -> bytes:
+    def _new_name(self, name: str) -> tuple[bytes, int]:
         raw = fmt.encode_name(name)
-        if self._is_duplicate(raw):
+        key = fmt.name_hash(raw)
+        if self._is_duplicate(raw, key):
             raise WriterError(f"member {name!r} is already in the container")
-        return raw
+        return raw, key
 
     def _name_at(self, pos: int) -> bytes:
         (length,) = fmt.NAME_LEN.unpack_from(self._names, pos)
         return bytes(self._names[pos + 2 : pos + 2 + length])
 
-    def _record(self, raw_name: bytes, data_offset: int, size: int, head_len: int, flags: int) -> None:
-        key = fmt.name_hash(raw_name)
+    def _record(self, raw_name: bytes, key: int, data_offset: int, size: int, head_len: int, flags: int) -> None:
         if key in self._seen:
             self._collided.append(raw_name)
         else:
