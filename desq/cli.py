@@ -148,6 +148,18 @@ def _container_path(settings: Settings, target: str) -> Path:
     return local.resolve(target, _archive_root(settings))
 
 
+def _check(path: Path) -> tuple[list[Problem], int, int]:
+    """Verify one container, printing a BAD line a problem: (problems, members, format version)."""
+    try:
+        with local.open_local(path) as reader:
+            problems, count, version = reader.verify(), reader.count, reader.version
+    except ContainerError as exc:
+        problems, count, version = [Problem(None, str(exc))], 0, 2
+    for problem in problems:
+        click.echo(f"BAD {path}: {problem}")
+    return problems, count, version
+
+
 @main.command("ls")
 @common_options
 @click.argument("container")
@@ -190,14 +202,7 @@ def verify(settings: Settings, containers: tuple[str, ...], everything: bool) ->
         targets += sorted(root.rglob("*.des")) if root.is_dir() else []
     bad = 0
     for path in progress(targets, "verify"):
-        try:
-            with local.open_local(path) as reader:
-                problems = reader.verify()
-                count = reader.count
-        except ContainerError as exc:
-            problems, count = [Problem(None, str(exc))], 0
-        for problem in problems:
-            click.echo(f"BAD {path}: {problem}")
+        problems, count, _ = _check(path)
         if problems:
             bad += 1
         else:
@@ -214,14 +219,7 @@ def verify(settings: Settings, containers: tuple[str, ...], everything: bool) ->
 def fsck(settings: Settings, container: str, out: str | None) -> None:
     """Check a container; with --salvage, rebuild what can be proven intact into OUT."""
     path = _container_path(settings, container)
-    try:
-        with local.open_local(path) as reader:
-            problems = reader.verify()
-            version = reader.version
-    except ContainerError as exc:
-        problems, version = [Problem(None, str(exc))], 2
-    for problem in problems:
-        click.echo(f"BAD {path}: {problem}")
+    problems, _, version = _check(path)
     salvaged = ""
     if out:
         if version != 2:
