@@ -79,3 +79,23 @@ def mysql_url() -> str:
 def s3_endpoint() -> str:
     require_port("the S3 test server", SERVICES["TEST_S3_PORT"])
     return S3_ENDPOINT
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials and region for boto3 talking to the S3 test server."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, aws_env: None) -> str:
+    """A new, empty bucket on the S3 test server."""
+    import uuid
+
+    import boto3
+
+    name = f"desq-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

@@ -31,6 +31,19 @@ def _check_range(offset: int, length: int, size: int) -> None:
         raise CorruptContainer(f"range {offset}+{length} runs past the end of the object ({size} bytes)")
 
 
+def pread_exactly(fd: int, offset: int, length: int) -> bytes | None:
+    """``length`` bytes at ``offset`` of a file descriptor, or None if the file ends first."""
+    parts = []
+    while length:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(parts)
+
+
 class BytesSource:
     """A source over bytes in memory."""
 
@@ -56,15 +69,10 @@ class FileSource:
 
     def read(self, offset: int, length: int) -> bytes:
         _check_range(offset, length, self.stat.st_size)
-        chunks = []
-        while length:
-            chunk = os.pread(self._fd, length, offset)
-            if not chunk:
-                raise CorruptContainer(f"{self.path}: file ended early at {offset}")
-            chunks.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-        return b"".join(chunks)
+        data = pread_exactly(self._fd, offset, length)
+        if data is None:
+            raise CorruptContainer(f"{self.path}: file ended before {offset + length}")
+        return data
 
     def read_suffix(self, length: int) -> tuple[bytes, int]:
         size = self.stat.st_size

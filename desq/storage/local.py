@@ -1,0 +1,199 @@
+"""The local-folder backend: atomic replace by temporary file, fsync and rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from desq.container.source import pread_exactly
+from desq.storage.base import InvalidKey, NotFound, ObjectInfo, RangeError, StaleObject, Storage, StorageError, Upload, check_key
+
+TEMP_PREFIX = ".desq-upload-"
+"""Uploads in progress are hidden files beside their target; list() never shows them."""
+
+
+def _etag(stat: os.stat_result) -> str:
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+def _info(key: str, stat: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key=key, size=stat.st_size, etag=_etag(stat), modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalUpload(Upload):
+    def __init__(self, storage: LocalStorage, key: str, target: Path) -> None:
+        self._storage = storage
+        self._key = key
+        self._target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._temp = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
+        self._file = open(self._temp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._done:
+            raise StorageError(f"upload of {self._key!r} is already finished")
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"writing {self._key!r} failed: {exc.strerror or exc}") from exc
+
+    def commit(self) -> ObjectInfo:
+        if self._done:
+            raise StorageError(f"upload of {self._key!r} is already finished")
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp, self._target)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"storing {self._key!r} failed: {exc.strerror or exc}") from exc
+        self._done = True
+        try:
+            _fsync_dir(self._target.parent)
+        except OSError as exc:
+            # The new object is complete and visible; only its rename may not survive a crash.
+            raise StorageError(f"stored {self._key!r} but could not make it durable: {exc.strerror or exc}") from exc
+        return _info(self._key, self._target.stat())
+
+    def abort(self) -> None:
+        self._done = True
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            self._temp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class LocalStorage(Storage):
+    """Objects as files under ``root``; keys map to paths below it and never above."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.url = self.root.resolve().as_uri()
+
+    def path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        check_key(key)
+        if any(part.startswith(TEMP_PREFIX) for part in key.split("/")):
+            raise InvalidKey(f"storage key {key!r} uses the reserved prefix {TEMP_PREFIX!r}")
+        return self.root.joinpath(*key.split("/"))
+
+    def _open(self, key: str, if_match: str | None) -> tuple[int, os.stat_result]:
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise NotFound(f"no object {key!r} in {self.url}") from None
+        except IsADirectoryError:
+            raise NotFound(f"{key!r} in {self.url} is a folder, not an object") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {key!r}: {exc.strerror}") from exc
+        stat = os.fstat(fd)
+        if if_match is not None and _etag(stat) != if_match:
+            os.close(fd)
+            raise StaleObject(f"{key!r} changed since it was opened")
+        return fd, stat
+
+    @staticmethod
+    def _pread(fd: int, key: str, offset: int, length: int, size: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range offset={offset} length={length}")
+        if offset + length > size:
+            raise RangeError(f"range {offset}+{length} runs past the end of {key!r} ({size} bytes)")
+        data = pread_exactly(fd, offset, length)
+        if data is None:
+            raise RangeError(f"{key!r} ended before {offset + length}")
+        return data
+
+    def read(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+        fd, stat = self._open(key, if_match)
+        try:
+            return self._pread(fd, key, offset, length, stat.st_size)
+        finally:
+            os.close(fd)
+
+    def read_suffix(self, key: str, length: int, *, if_match: str | None = None) -> tuple[bytes, ObjectInfo]:
+        fd, stat = self._open(key, if_match)
+        try:
+            start = max(0, stat.st_size - length)
+            return self._pread(fd, key, start, stat.st_size - start, stat.st_size), _info(key, stat)
+        finally:
+            os.close(fd)
+
+    def head(self, key: str) -> ObjectInfo:
+        fd, stat = self._open(key, None)
+        os.close(fd)
+        return _info(key, stat)
+
+    def open_upload(self, key: str, *, content_type: str | None = None) -> Upload:
+        try:
+            return _LocalUpload(self, key, self.path(key))
+        except OSError as exc:
+            raise StorageError(f"cannot start writing {key!r}: {exc.strerror or exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise StorageError(f"{key!r} is a folder, not an object") from None
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key!r}: {exc.strerror}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        folder = prefix.rpartition("/")[0]
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        if folder:
+            check_key(folder)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            try:
+                yield _info(key, self.path(key).stat())
+            except FileNotFoundError:
+                continue  # deleted while listing
+
+    def abort_stale_uploads(self, older_than_seconds: float) -> int:
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for path in self.root.rglob(f"{TEMP_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise StorageError(f"cannot remove abandoned upload {path}: {exc.strerror}") from exc
+        return removed

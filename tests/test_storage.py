@@ -1,0 +1,74 @@
+"""The storage conformance suite, run on the local backend and on S3 (moto_server over HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from desq.settings import load_settings
+from desq.storage import Storage, open_storage, storage_for
+from desq.storage.local import LocalStorage
+from desq.storage.s3 import S3Storage
+from storage_conformance import StorageConformance
+
+
+class TestLocalStorage(StorageConformance):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> Storage:
+        return LocalStorage(tmp_path / "archive")
+
+
+@pytest.mark.integration
+class TestS3Storage(StorageConformance):
+    @pytest.fixture
+    def storage(self, s3_endpoint: str, s3_bucket: str) -> Iterator[Storage]:
+        yield S3Storage(f"s3://{s3_bucket}/archive", endpoint_url=s3_endpoint, part_size=5 << 20)
+
+
+def test_urls_pick_the_backend(tmp_path: Path, aws_env: None) -> None:
+    assert isinstance(open_storage(str(tmp_path)), LocalStorage)
+    assert open_storage(tmp_path.as_uri()).root == tmp_path
+    s3 = open_storage("s3://abc/some/prefix", s3_endpoint_url="http://127.0.0.1:1")
+    assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix) == ("abc", "some/prefix")
+    settings = load_settings(env={"DESQ_ARCHIVE_URL": "s3://abc/x", "DESQ_ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:1"})
+    assert isinstance(storage_for(settings), S3Storage)
+
+
+def test_a_local_key_never_leaves_the_root(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "a")
+    (tmp_path / "secret").write_bytes(b"s")
+    for key in ("../secret", "x/../../secret"):
+        with pytest.raises(ValueError):
+            storage.read(key, 0, 1)
+
+
+def test_local_recent_uploads_are_spared(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    upload = storage.open_upload("k")
+    upload.write(b"in progress")
+    assert storage.abort_stale_uploads(3600) == 0
+    upload.commit()
+    assert storage.read("k", 0, 2) == b"in"
+
+
+def test_s3_recent_uploads_are_spared(aws_env: None) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from botocore.stub import Stubber
+
+    storage = S3Storage("s3://abc/pfx", endpoint_url="http://127.0.0.1:1")
+    now = datetime.now(timezone.utc)
+    with Stubber(storage.client) as stub:
+        stub.add_response(
+            "list_multipart_uploads",
+            {"Uploads": [
+                {"Key": "pfx/old", "UploadId": "u1", "Initiated": now - timedelta(hours=2)},
+                {"Key": "pfx/live", "UploadId": "u2", "Initiated": now - timedelta(minutes=5)},
+            ]},
+            {"Bucket": "abc", "Prefix": "pfx/"},
+        )
+        stub.add_response("abort_multipart_upload", {}, {"Bucket": "abc", "Key": "pfx/old", "UploadId": "u1"})
+        assert storage.abort_stale_uploads(3600) == 1
+        stub.assert_no_pending_responses()
