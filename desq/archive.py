@@ -1,0 +1,173 @@
+"""Containers on storage: opening by key with a cached index, stale-safe reads, big files.
+
+An opened container is pinned to the version (ETag) its index came from: every later read sends
+that version along, so a container replaced in the meantime is refused (StaleObject) instead of
+read at old offsets. ``Archive`` then drops the cached index, reopens, and tries once more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from desq.container import Member, MemberMeta, Reader, open_container
+from desq.container import format as fmt
+from desq.container.reader import DEFAULT_SUFFIX
+from desq.storage import ObjectInfo, StaleObject, Storage, join_key
+
+T = TypeVar("T")
+
+
+class StorageSource:
+    """A ByteSource over one object, pinned to the version its first suffix read saw."""
+
+    def __init__(self, storage: Storage, key: str, etag: str | None = None) -> None:
+        self.storage = storage
+        self.key = key
+        self.etag = etag
+        self.info: ObjectInfo | None = None
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.storage.read(self.key, offset, length, if_match=self.etag)
+
+    def read_suffix(self, length: int) -> tuple[bytes, int]:
+        data, info = self.storage.read_suffix(self.key, length, if_match=self.etag)
+        self.etag = self.etag or info.etag
+        self.info = info
+        return data, info.size
+
+
+def _cost(reader: Reader) -> int:
+    index = getattr(reader, "index", None)
+    return len(index.raw) + 256 if index is not None else 128 * reader.count + 256
+
+
+class Archive:
+    """Read members of the containers on one storage, with an LRU of opened indexes.
+
+    ``cache_bytes`` bounds the memory of cached indexes (24 bytes a member for v2).
+    Safe to share between threads.
+    """
+
+    def __init__(self, storage: Storage, *, cache_bytes: int = 256 << 20, suffix_bytes: int = DEFAULT_SUFFIX) -> None:
+        self.storage = storage
+        self.cache_bytes = cache_bytes
+        self.suffix_bytes = suffix_bytes
+        self._cache: OrderedDict[str, tuple[Reader, int]] = OrderedDict()
+        self._cached = 0
+        self._lock = threading.Lock()
+
+    # --- opening ----------------------------------------------------------------------------
+
+    def open(self, key: str) -> Reader:
+        """The reader of container ``key``: cached, or opened with one suffix read."""
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit[0]
+        reader = open_container(StorageSource(self.storage, key), suffix_bytes=self.suffix_bytes, external=self._externals(key))
+        cost = _cost(reader)
+        with self._lock:
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cached -= old[1]
+            if cost <= self.cache_bytes:
+                self._cache[key] = (reader, cost)
+                self._cached += cost
+                while self._cached > self.cache_bytes:
+                    _, (_, dropped) = self._cache.popitem(last=False)
+                    self._cached -= dropped
+        return reader
+
+    def invalidate(self, key: str) -> None:
+        """Forget the cached index of ``key``."""
+        with self._lock:
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cached -= old[1]
+
+    def _externals(self, container_key: str) -> Callable[[str], StorageSource]:
+        return lambda relative: StorageSource(self.storage, join_key(container_key, relative))
+
+    def _fresh(self, key: str, use: Callable[[Reader], T]) -> T:
+        try:
+            return use(self.open(key))
+        except StaleObject:
+            self.invalidate(key)
+            return use(self.open(key))
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def find(self, key: str, name: str) -> Member | None:
+        return self._fresh(key, lambda r: r.find(name))
+
+    def meta(self, key: str, name: str) -> MemberMeta:
+        return self._fresh(key, lambda r: r.meta(name))
+
+    def read(self, key: str, name: str) -> bytes:
+        return self._fresh(key, lambda r: r.read(name))
+
+    def read_many(self, key: str, names: Iterable[str]) -> list[tuple[str, bytes]]:
+        wanted = list(names)
+        return self._fresh(key, lambda r: list(r.read_many(wanted)))
+
+    def iter_range(self, key: str, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream bytes of a member. A replacement noticed before the first chunk is retried;
+        one noticed later ends the stream with StaleObject (never with old bytes)."""
+
+        def first(reader: Reader) -> tuple[bytes | None, Iterator[bytes]]:
+            chunks = iter(reader.iter_range(name, start, stop, chunk_size))
+            return next(chunks, None), chunks
+
+        head, rest = self._fresh(key, first)
+        if head is not None:
+            yield head
+            yield from rest
+
+
+# --- big files: stored beside their container ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalRef:
+    """A big member stored as its own object, as ``ContainerWriter.add_external`` wants it."""
+
+    external_key: str
+    size: int
+    checksum: int
+    block_checksums: list[int]
+
+
+def external_key_for(container_key: str, name: str) -> str:
+    """Where a big member of ``container_key`` is stored, relative to the container's folder.
+
+    Derived from the container and the name only, so packing the same member again writes the
+    same object (the originals desq archives do not change).
+    """
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=16).hexdigest()
+    return f"{container_key.rpartition('/')[2]}.big/{digest}"
+
+
+def store_external(storage: Storage, container_key: str, name: str, chunks: Iterable[bytes], size: int, *, content_type: str | None = None) -> ExternalRef:
+    """Upload a big member beside its container, streaming, checksummed as it goes.
+
+    Memory stays at one upload part whatever the size; on any failure the upload is aborted and
+    nothing becomes visible.
+    """
+    relative = external_key_for(container_key, name)
+    sums = fmt.Checksummer(size)
+    with storage.open_upload(join_key(container_key, relative), content_type=content_type) as upload:
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if sums.seen + len(view) > size:
+                raise fmt.WriterError(f"member {name!r}: the source gave more than the {size} bytes declared")
+            sums.update(view)
+            upload.write(view)
+        block_crcs, crc = sums.finish()
+        upload.commit()
+    return ExternalRef(external_key=relative, size=size, checksum=crc, block_checksums=block_crcs)
