@@ -19,13 +19,15 @@ from typing import Any, TypeVar
 import click
 
 from desq import __version__
-from desq.container import ContainerError, FileSource, Problem
-from desq.container import local
+from desq.archive import Archive, StorageSource
+from desq.container import ContainerError, Problem, Reader
 from desq.container.fsck import salvage
 from desq.errors import DesqError
 from desq.layout import LayoutError
 from desq.progress import progress
 from desq.settings import Settings, dump_toml, load_settings, markdown_table
+from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, storage_for
+from desq.storage.local import LocalStorage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,8 +120,13 @@ def locate(settings: Settings, name: str, created_at: str | None) -> None:
         if created_at is not None:
             raise click.UsageError("--created-at is for uid mode; a name-mode name carries its date")
         where = layout.locate_name(name)
-    # offset and length stay null until the member is found inside a stored container.
-    record = {"name": where.name, "shard": where.shard_hex, "container": where.container, "offset": None, "length": None}
+    member = None
+    try:
+        member = Archive(storage_for(settings)).find(where.container, where.name)
+    except NotFound:
+        pass  # not packed yet: offset and length stay null
+    offset, length = (member.offset, member.size) if member else (None, None)
+    record = {"name": where.name, "shard": where.shard_hex, "container": where.container, "offset": offset, "length": length}
     click.echo(json.dumps(record, ensure_ascii=False))
 
 
@@ -134,29 +141,34 @@ def config(markdown: bool) -> None:
         click.echo(dump_toml(click.get_current_context().ensure_object(State).settings), nl=False)
 
 
-def _archive_root(settings: Settings) -> Path | None:
-    url = settings.archive.url
-    if url.startswith("s3://"):
-        return None
-    return Path(url.removeprefix("file://"))
-
-
-def _container_path(settings: Settings, target: str) -> Path:
+def _container(settings: Settings, target: str) -> tuple[Storage, str]:
+    """A container given as a local file, or as a key under the archive (local or S3)."""
     path = Path(target)
-    if not path.is_file() and _archive_root(settings) is None:
-        raise DesqError(f"no local container at {target!r}; this desq reads containers from local paths and local archives only")
-    return local.resolve(target, _archive_root(settings))
+    if path.is_file():
+        return LocalStorage(path.parent), path.name
+    try:
+        return storage_for(settings), check_key(target)
+    except InvalidKey:
+        raise DesqError(f"no container at {target!r}: not a file, nor a key under the archive") from None
 
 
-def _check(path: Path) -> tuple[list[Problem], int, int]:
+def _open(settings: Settings, target: str) -> Reader:
+    storage, key = _container(settings, target)
+    try:
+        return Archive(storage).open(key)
+    except NotFound:
+        raise DesqError(f"no container at {target!r} (not a file, nor under {storage.url})") from None
+
+
+def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
     """Verify one container, printing a BAD line a problem: (problems, members, format version)."""
     try:
-        with local.open_local(path) as reader:
-            problems, count, version = reader.verify(), reader.count, reader.version
-    except ContainerError as exc:
+        reader = _open(settings, target)
+        problems, count, version = reader.verify(), reader.count, reader.version
+    except (ContainerError, StorageError, DesqError) as exc:
         problems, count, version = [Problem(None, str(exc))], 0, 2
     for problem in problems:
-        click.echo(f"BAD {path}: {problem}")
+        click.echo(f"BAD {target}: {problem}")
     return problems, count, version
 
 
@@ -166,9 +178,8 @@ def _check(path: Path) -> tuple[list[Problem], int, int]:
 @needs_settings
 def ls_(settings: Settings, container: str) -> None:
     """List a container (v2 or DES v1): name<TAB>size a line."""
-    with local.open_local(_container_path(settings, container)) as reader:
-        for member in reader.members():
-            click.echo(f"{member.name}\t{member.size}")
+    for member in _open(settings, container).members():
+        click.echo(f"{member.name}\t{member.size}")
 
 
 @main.command()
@@ -179,9 +190,8 @@ def ls_(settings: Settings, container: str) -> None:
 def cat(settings: Settings, container: str, name: str) -> None:
     """Write one member to stdout, checked against its checksums."""
     out = sys.stdout.buffer
-    with local.open_local(_container_path(settings, container)) as reader:
-        for chunk in reader.iter_range(name):
-            out.write(chunk)
+    for chunk in _open(settings, container).iter_range(name):
+        out.write(chunk)
     out.flush()
 
 
@@ -194,19 +204,16 @@ def verify(settings: Settings, containers: tuple[str, ...], everything: bool) ->
     """Check every checksum; name each bad member and exit 1 if any."""
     if not containers and not everything:
         raise click.UsageError("name containers to verify, or give --all")
-    targets = [_container_path(settings, c) for c in containers]
+    targets = list(containers)
     if everything:
-        root = _archive_root(settings)
-        if root is None:
-            raise DesqError("--all needs a local archive; S3 archives are not read by this desq")
-        targets += sorted(root.rglob("*.des")) if root.is_dir() else []
+        targets += [o.key for o in storage_for(settings).list() if o.key.endswith(".des")]
     bad = 0
-    for path in progress(targets, "verify"):
-        problems, count, _ = _check(path)
+    for target in progress(targets, "verify"):
+        problems, count, _ = _check(settings, target)
         if problems:
             bad += 1
         else:
-            click.echo(f"ok  {path}: {count} members")
+            click.echo(f"ok  {target}: {count} members")
     if bad:
         raise DesqError(f"{bad} of {len(targets)} container(s) failed verification")
 
@@ -218,8 +225,8 @@ def verify(settings: Settings, containers: tuple[str, ...], everything: bool) ->
 @needs_settings
 def fsck(settings: Settings, container: str, out: str | None) -> None:
     """Check a container; with --salvage, rebuild what can be proven intact into OUT."""
-    path = _container_path(settings, container)
-    problems, _, version = _check(path)
+    problems, _, version = _check(settings, container)
+    path = container
     salvaged = ""
     if out:
         if version != 2:
@@ -228,8 +235,9 @@ def fsck(settings: Settings, container: str, out: str | None) -> None:
         if target.exists():
             raise DesqError(f"{out} exists; salvage never overwrites a file")
         partial = target.with_name(f".{target.name}.partial")
-        with FileSource(path) as source, open(partial, "wb") as fh:
-            summary, report = salvage(source, fh)
+        storage, key = _container(settings, container)
+        with open(partial, "wb") as fh:
+            summary, report = salvage(StorageSource(storage, key), fh)
             fh.flush()
             os.fsync(fh.fileno())
         partial.rename(target)
