@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from desq.container import Member, MemberMeta, Reader, open_container
 from desq.container import format as fmt
+from desq.container.errors import WriterError
 from desq.container.reader import DEFAULT_SUFFIX
 from desq.storage import ObjectInfo, StaleObject, Storage, join_key
 
@@ -165,7 +166,7 @@ def store_external(storage: Storage, container_key: str, name: str, chunks: Iter
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
             if sums.seen + len(view) > size:
-                raise fmt.WriterError(f"member {name!r}: the source gave more than the {size} bytes declared")
+                raise WriterError(f"member {name!r}: the source gave more than the {size} bytes declared")
             sums.update(view)
             upload.write(view)
         block_crcs, crc = sums.finish()

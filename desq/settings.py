@@ -104,7 +104,7 @@ def _check_http_url(value: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http(s) URL")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is asked for it
     except ValueError:
         raise ValueError(f"{value!r} has an invalid port") from None
 
