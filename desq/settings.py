@@ -85,6 +85,11 @@ def _check_db_url(value: str) -> None:
         raise ValueError("is not an SQLAlchemy database URL (e.g. postgresql://host/db)") from None
 
 
+def _check_optional_db_url(value: str) -> None:
+    if value:
+        _check_db_url(value)
+
+
 def _check_archive_url(value: str) -> None:
     _check_nonempty(value)
     scheme = urlsplit(value).scheme if "://" in value else ""
@@ -172,6 +177,9 @@ class SourceSettings:
     root: str = opt("", "prefix for relative paths in the path column")
     uid_kind: str = opt("int", "uid mode: int (shard = uid % 2**bits) or text (CRC32)", choices=("int", "text"))
     name_prefix: str = opt("", "name mode: optional [A-Za-z0-9-]+ prefix of the names the marker gives", check=_check_prefix)
+    s3_endpoint_url: str = opt("", "S3 endpoint for s3:// originals; empty: archive.s3_endpoint_url", check=_check_optional_http_url)
+    batch_size: int = opt(1000, "rows the marker reads and updates per transaction", min=1, max=100_000)
+    fetch_threads: int = opt(8, "originals fetched at once by one packer", min=1, max=256)
     columns: ColumnSettings = field(default_factory=ColumnSettings)
 
 
@@ -184,6 +192,13 @@ class ArchiveSettings:
     after_days: int = opt(7, "a file is archived once it is this many days old", min=0, max=36500)
     delete_originals: bool = opt(False, "delete originals, only ever after the container is verified")
     big_file_bytes: int = opt(64 * 1024 * 1024, "files this large or larger are stored beside the container", min=1, max=5 * 1024**4)
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """desq's own small tables (the uid-mode cutoff, packer leases)."""
+
+    db_url: str = opt("", "SQLAlchemy URL for desq's own tables; empty: the source database", check=_check_optional_db_url, secret=True)
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,7 @@ class Settings:
     data_dir: str = opt("desq-data", "folder for the embedded default's broker messages, results and local state", check=_check_nonempty)
     source: SourceSettings = field(default_factory=SourceSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     web: WebSettings = field(default_factory=WebSettings)
 

@@ -1,0 +1,180 @@
+"""The work plan of a night, and the rows of one (date, shard) for its packer.
+
+The goal is that a night reads each source row about once. Name mode: the plan is one GROUP BY
+(it fetches groups, not rows), and a packer reads its own READY rows through the des_shard column.
+uid mode: shards are computed from the uid (modulo or CRC32), which an index cannot serve, so the
+planner reads the night's rows once and hands each (date, shard) its own list; ``uid_rows_for`` is
+the slower path for packing one shard by hand.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import sqlalchemy as sa
+
+from desq.layout import LayoutError, parse_name, parse_yyyymmdd
+from desq.source.rows import SourceRow
+from desq.source.table import PACKED, READY, SourceTable
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Work:
+    """One pack_shard task: a (date, shard) and how many files it has."""
+
+    date: date
+    shard: int
+    files: int
+
+
+@dataclass
+class Plan:
+    """A night's work, and the rows that cannot be planned (with why)."""
+
+    work: list[Work] = field(default_factory=list)
+    rows: dict[tuple[date, int], list[SourceRow]] | None = None
+    """uid mode: each task's rows, read once by the planner. Name mode: None (packers query)."""
+    unplanned: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        return sum(w.files for w in self.work)
+
+
+# --- name mode ---------------------------------------------------------------------------------
+
+
+def _name_date(source: SourceTable) -> sa.ColumnElement[str]:
+    """The YYYYMMDD part of des_name, for names with the configured prefix."""
+    prefix = source.layout.name_prefix
+    start = len(prefix) + 2 if prefix else 1
+    assert source.columns.des_name is not None
+    return sa.func.substr(source.columns.des_name, start, 8)
+
+
+def plan_names(source: SourceTable) -> Plan:
+    """Every (date, shard) with READY rows, from one GROUP BY."""
+    c = source.columns
+    assert c.des_status is not None and c.des_shard is not None
+    day = _name_date(source)
+    query = sa.select(day, c.des_shard, sa.func.count()).where(c.des_status == READY).group_by(day, c.des_shard)
+    plan = Plan()
+    with source.engine.connect() as conn:
+        groups = conn.execute(query).all()
+    source.rows_read += len(groups)
+    bits = source.layout.shard_bits
+    for day_text, shard, count in groups:
+        try:
+            day_value = parse_yyyymmdd(str(day_text))
+            if not isinstance(shard, int) or not 0 <= shard < 1 << bits:
+                raise LayoutError(f"shard {shard!r} is outside 0..{(1 << bits) - 1}")
+        except LayoutError as exc:
+            plan.unplanned += count
+            plan.problems.append(f"{count} READY rows cannot be planned: {exc} (names from another name_prefix?)")
+            continue
+        plan.work.append(Work(day_value, shard, count))
+    plan.work.sort()
+    return plan
+
+
+def name_rows_for(source: SourceTable, day: date, shard: int, *, batch_size: int | None = None) -> Iterator[SourceRow]:
+    """The READY rows of (day, shard), in id order, read in keyset batches."""
+    c = source.columns
+    assert c.des_name is not None and c.des_shard is not None and c.des_status is not None
+    query = sa.select(c.id, c.des_name, source.created_read, c.path).where(
+        c.des_status == READY, c.des_shard == shard, _name_date(source) == f"{day:%Y%m%d}"
+    )
+    for batch in source.batches(query, batch_size or source.settings.source.batch_size):
+        for row_id, name, created, path in batch:
+            try:
+                if parse_name(name).date != day:
+                    continue
+            except LayoutError:
+                continue
+            yield SourceRow(id=row_id, name=name, created_at=created, path=str(path or ""), date=day, shard=shard)
+
+
+def mark_packed(source: SourceTable, ids: Iterable[object], *, batch_size: int = 1000) -> int:
+    """Set des_status = 'PACKED' on these READY rows (after their container is verified)."""
+    c = source.columns
+    assert c.des_status is not None
+    done = 0
+    pending = list(ids)
+    for at in range(0, len(pending), batch_size):
+        chunk = pending[at : at + batch_size]
+        result = source.execute(sa.update(source.table).where(c.id.in_(chunk), c.des_status == READY).values({c.des_status: PACKED}))
+        done += result.rowcount
+    return done
+
+
+# --- uid mode ----------------------------------------------------------------------------------
+
+
+@dataclass
+class UidReadReport:
+    """Rows of a uid-mode read that could not become files, with why."""
+
+    unplanned: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.unplanned += 1
+        if len(self.problems) < 10:
+            self.problems.append(text)
+
+
+def uid_rows(source: SourceTable, first: date, last: date, report: UidReadReport | None = None, *, where: sa.ColumnElement[bool] | None = None) -> Iterator[SourceRow]:
+    """Every row created on days ``first``..``last`` as a SourceRow, read once in keyset batches."""
+    report = report if report is not None else UidReadReport()
+    c = source.columns
+    layout = source.layout
+    query = sa.select(c.id, source.created_read, c.path).where(source.day_range(first, last))
+    if where is not None:
+        query = query.where(where)
+    for batch in source.batches(query, source.settings.source.batch_size):
+        for uid, created, path in batch:
+            day = source.day_of(created)
+            if day is None:
+                report.note(f"uid {uid}: created_at {created!r} is not a time")
+                continue
+            try:
+                shard = layout.shard_of_uid(uid if isinstance(uid, int) else str(uid))
+            except LayoutError as exc:
+                report.note(f"uid {uid}: {exc}")
+                continue
+            if path is None or not str(path).strip():
+                report.note(f"uid {uid}: empty path")
+                continue
+            yield SourceRow(id=uid, name=str(uid), created_at=created, path=str(path), date=day, shard=shard)
+
+
+def plan_uids(source: SourceTable, first: date, last: date) -> Plan:
+    """uid mode: read days ``first``..``last`` once and hand each (date, shard) its rows."""
+    if last < first:
+        return Plan(rows={})
+    report = UidReadReport()
+    grouped: dict[tuple[date, int], list[SourceRow]] = defaultdict(list)
+    for row in uid_rows(source, first, last, report):
+        grouped[(row.date, row.shard)].append(row)
+    work = sorted(Work(day, shard, len(rows)) for (day, shard), rows in grouped.items())
+    return Plan(work=work, rows=dict(grouped), unplanned=report.unplanned, problems=report.problems)
+
+
+def uid_rows_for(source: SourceTable, day: date, shard: int) -> Iterator[SourceRow]:
+    """uid mode, one (date, shard) by hand: the day's rows of that shard (modulo in SQL for int uids)."""
+    layout = source.layout
+    where = None
+    if layout.uid_kind == "int" and isinstance(source.columns.id.type, sa.Integer):
+        where = source.columns.id % (1 << layout.shard_bits) == shard
+    for row in uid_rows(source, day, day, where=where):
+        if row.shard == shard and row.date == day:
+            yield row
+
+
+def target_day(today: date, after_days: int) -> date:
+    """The last day old enough to archive: every file created on it is at least after_days old."""
+    return today - timedelta(days=after_days + 1)

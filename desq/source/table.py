@@ -1,0 +1,201 @@
+"""The business application's table of files, seen through the ``[source]`` mapping.
+
+desq reflects the configured table and never creates, alters or drops it; in name mode it writes
+three columns of it (des_name, des_shard, des_status), in uid mode nothing. Every query here reads
+in keyset-paginated batches, each in its own short transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+
+from desq import layout as L
+from desq.errors import DesqError
+from desq.settings import Settings
+
+READY = "READY"
+PACKED = "PACKED"
+
+
+class SourceError(DesqError):
+    """The source database or table cannot be used as configured."""
+
+
+def masked(url: str) -> str:
+    """A database URL fit for messages and logs: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as nothing rather than leaked
+        return "<database>"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver's error, which is usually the useful one."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite waits for locks instead of failing at once."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if make_url(url).get_backend_name() == "sqlite":
+        options["connect_args"] = {"timeout": 60}
+    return sa.create_engine(url, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The mapped columns of the source table."""
+
+    id: sa.Column[Any]
+    created_at: sa.Column[Any]
+    path: sa.Column[Any]
+    des_name: sa.Column[Any] | None
+    des_shard: sa.Column[Any] | None
+    des_status: sa.Column[Any] | None
+
+
+def as_datetime(value: object) -> datetime | date | None:
+    """A created_at value as the driver gave it, or None when it cannot be read as a time."""
+    if isinstance(value, (datetime, date)):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+class SourceTable:
+    """The configured source table, reflected and checked against the mapping."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.layout = settings.layout
+        self.rows_read = 0
+        """Rows fetched from the table so far (for the rows-read-per-packed-file figure)."""
+        config = settings.source
+        schema, _, name = config.table.rpartition(".")
+        where = masked(str(engine.url))
+        try:
+            self.table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
+        except NoSuchTableError:
+            raise SourceError(f"source table {config.table!r} does not exist in {where}") from None
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot read the source table {config.table!r} in {where}: {first_line(exc)}") from None
+        mapping = {"id": config.columns.id, "created_at": config.columns.created_at, "path": config.columns.path}
+        if self.layout.mode == "name":
+            mapping |= {"des_name": config.columns.des_name, "des_shard": config.columns.des_shard, "des_status": config.columns.des_status}
+        for key, column in mapping.items():
+            if column not in self.table.c:
+                raise SourceError(f"source table {config.table!r} has no column {column!r} (source.columns.{key})")
+        c = self.table.c
+        self.columns = Columns(
+            id=c[config.columns.id],
+            created_at=c[config.columns.created_at],
+            path=c[config.columns.path],
+            des_name=c[config.columns.des_name] if self.layout.mode == "name" else None,
+            des_shard=c[config.columns.des_shard] if self.layout.mode == "name" else None,
+            des_status=c[config.columns.des_status] if self.layout.mode == "name" else None,
+        )
+        created_type = self.columns.created_at.type
+        self.aware = isinstance(created_type, sa.DateTime) and bool(created_type.timezone)
+        native = isinstance(created_type, (sa.DateTime, sa.Date)) and engine.dialect.name != "sqlite"
+        self.created_read: sa.ColumnElement[Any] = self.columns.created_at if native else sa.type_coerce(self.columns.created_at, sa.String)
+        """created_at as selected: native times where the database keeps them, else raw text that
+        desq parses itself (SQLite stores text, and one bad value must not stop a whole read)."""
+
+    @classmethod
+    def connect(cls, settings: Settings) -> SourceTable:
+        """Open the source database of ``settings`` and reflect its table."""
+        url = settings.source.db_url
+        try:
+            engine = create_engine(url)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise SourceError(f"cannot use the source database {masked(url)}: {first_line(exc)}") from None
+        return cls(engine, settings)
+
+    # --- time ------------------------------------------------------------------------------
+
+    def instant(self, day: date) -> datetime:
+        """The first instant of ``day`` in the configured zone, as the created_at column compares it."""
+        if self.aware:
+            return L.start_of_day(day, self.settings.zone)
+        return datetime.combine(day, time.min)
+
+    def now(self) -> datetime:
+        """Now, as the created_at column compares it."""
+        current = datetime.now(self.settings.zone)
+        return current if self.aware else current.replace(tzinfo=None)
+
+    def day_of(self, value: object) -> date | None:
+        """The day a created_at value falls on in the configured zone (None if unreadable)."""
+        moment = as_datetime(value)
+        return None if moment is None else L.date_of(moment, self.settings.zone)
+
+    def day_range(self, first: date, last: date) -> sa.ColumnElement[bool]:
+        """created_at within days ``first`` to ``last`` (inclusive) in the configured zone."""
+        created = self.columns.created_at
+        return sa.and_(created >= self.instant(first), created < self.instant(last + timedelta(days=1)))
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def batches(self, query: sa.Select[Any], batch_size: int) -> Iterator[list[sa.Row[Any]]]:
+        """Run ``query`` in keyset pages on the id column, one short transaction a page."""
+        last = None
+        while True:
+            page = query if last is None else query.where(self.columns.id > last)
+            with self.engine.connect() as conn:
+                rows = conn.execute(page.order_by(self.columns.id).limit(batch_size)).all()
+            if not rows:
+                return
+            self.rows_read += len(rows)
+            yield rows
+            last = rows[-1][0]
+
+    def execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
+        """Run one statement in its own transaction."""
+        with self.engine.begin() as conn:
+            return conn.execute(statement)
+
+    def count(self, *where: sa.ColumnElement[bool]) -> int:
+        """Rows matching ``where``."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self.table).where(*where)).scalar_one())
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """``(setting, column, SQL type)`` of every mapped column."""
+        out = []
+        for key in ("id", "created_at", "path", "des_name", "des_shard", "des_status"):
+            column = getattr(self.columns, key)
+            if column is not None:
+                out.append((f"source.columns.{key}", column.name, str(column.type)))
+        return out
+
+
+def index_hints(source: SourceTable) -> list[str]:
+    """Suggestions when the indexes the packers' queries want are missing (name mode)."""
+    c = source.columns
+    if c.des_status is None or c.des_shard is None:
+        return []
+    try:
+        indexes = sa.inspect(source.engine).get_indexes(source.table.name, schema=source.table.schema)
+    except SQLAlchemyError:
+        return []
+    leading = {tuple(ix.get("column_names") or ())[:2] for ix in indexes}
+    wanted = (c.des_status.name, c.des_shard.name)
+    if wanted in leading or wanted[::-1] in leading:
+        return []
+    return [
+        f"no index on ({wanted[0]}, {wanted[1]}): each packer's query scans the table; "
+        f"desq never alters it, but you may: CREATE INDEX {source.table.name}_des ON {source.table.name} ({wanted[0]}, {wanted[1]})"
+    ]
