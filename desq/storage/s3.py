@@ -38,7 +38,8 @@ T = TypeVar("T")
 PART_SIZE = 8 << 20
 MAX_PARTS = 10_000
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_TRANSIENT_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError)
+TRANSIENT_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError)
+"""Failures of a response body while it is read: worth reading it again."""
 _UNAVAILABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 
 
@@ -62,9 +63,28 @@ def _error(exc: Exception, what: str) -> StorageError:
         return StorageError(f"{what}: S3 answered {status} {code}: {message}")
     if isinstance(exc, NoCredentialsError):
         return StorageError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
-    if isinstance(exc, _UNAVAILABLE) or isinstance(exc, _TRANSIENT_BODY_ERRORS):
+    if isinstance(exc, _UNAVAILABLE) or isinstance(exc, TRANSIENT_BODY_ERRORS):
         return StorageUnavailable(f"{what}: {type(exc).__name__} after retries")
     return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def s3_client(
+    endpoint_url: str = "",
+    *,
+    max_attempts: int = 5,
+    max_pool_connections: int = 32,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
+) -> Any:
+    """A boto3 S3 client as desq uses them: standard retries, timeouts, path-style with an endpoint."""
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},  # attempts, first included
+        max_pool_connections=max_pool_connections,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
 class S3Storage(Storage):
@@ -90,14 +110,13 @@ class S3Storage(Storage):
         self.prefix = parts.path.strip("/")
         self.part_size = max(5 << 20, part_size)
         self.max_attempts = max_attempts
-        config = Config(
-            retries={"mode": "standard", "total_max_attempts": max_attempts},  # attempts, first included
+        self.client = client or s3_client(
+            endpoint_url,
+            max_attempts=max_attempts,
             max_pool_connections=max_pool_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            s3={"addressing_style": "path" if endpoint_url else "auto"},
         )
-        self.client = client or boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
     # --- keys and calls ---------------------------------------------------------------------
 
@@ -117,7 +136,7 @@ class S3Storage(Storage):
             response = self._call(what, self.client.get_object, **kwargs)
             try:
                 return response["Body"].read(), response
-            except _TRANSIENT_BODY_ERRORS as exc:
+            except TRANSIENT_BODY_ERRORS as exc:
                 if attempt == self.max_attempts:
                     raise _error(exc, what) from exc
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
