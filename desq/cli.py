@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -19,7 +20,13 @@ from typing import Any, TypeVar
 import click
 
 from desq import __version__
+import sqlalchemy as sa
+
 from desq.archive import Archive, StorageSource
+from desq.cutoff import StateStore
+from desq.cutoff import advance as advance_cutoff
+from desq.source.marker import mark
+from desq.source.table import SourceTable, index_hints, masked
 from desq.container import ContainerError, Problem, Reader
 from desq.container.fsck import salvage
 from desq.errors import DesqError
@@ -158,6 +165,86 @@ def _open(settings: Settings, target: str) -> Reader:
         return Archive(storage).open(key)
     except NotFound:
         raise DesqError(f"no container at {target!r} (not a file, nor under {storage.url})") from None
+
+
+def _parse_day(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not YYYY-MM-DD") from None
+
+
+def _today(value: date | None, settings: Settings) -> date:
+    return value or datetime.now(settings.zone).date()
+
+
+today_option = click.option("--today", metavar="YYYY-MM-DD", callback=_parse_day, help="Act as if today were this day (default: today in the configured zone).")
+
+
+@main.group()
+def source() -> None:
+    """The business application's table of files."""
+
+
+@source.command("check")
+@common_options
+@needs_settings
+def source_check(settings: Settings) -> None:
+    """Print the column mapping found in the source table and a count of rows per state."""
+    table = SourceTable.connect(settings)
+    click.echo(f"source: {settings.source.table} in {masked(settings.source.db_url)} ({settings.mode} mode)")
+    for key, column, kind in table.describe():
+        click.echo(f"  {key:<28} -> {column} ({kind})")
+    c = table.columns
+    click.echo(f"rows: {table.count()}")
+    if settings.mode == "name":
+        assert c.des_status is not None
+        cutoff = table.instant(_today(None, settings) - timedelta(days=settings.archive.after_days))
+        with table.engine.connect() as conn:
+            states = conn.execute(sa.select(c.des_status, sa.func.count()).group_by(c.des_status)).all()
+        for status, count in sorted(states, key=lambda s: (s[0] is not None, str(s[0]))):
+            click.echo(f"  des_status {status if status is not None else 'NULL'}: {count}")
+        click.echo(f"  not marked and old enough to mark now: {table.count(c.des_status.is_(None), c.created_at < cutoff)}")
+        for hint in index_hints(table):
+            click.echo(f"hint: {hint}")
+    else:
+        cutoff_day = StateStore.connect(settings.state.db_url or settings.source.db_url).cutoff()
+        click.echo(f"  archive cutoff: {cutoff_day or 'none yet'}")
+        if cutoff_day:
+            click.echo(f"  created after the cutoff (read from the originals): {table.count(c.created_at >= table.instant(cutoff_day + timedelta(days=1)))}")
+
+
+@main.command("mark")
+@common_options
+@today_option
+@needs_settings
+def mark_(settings: Settings, today: date | None) -> None:
+    """Run the marker once (name mode)."""
+    if settings.mode != "name":
+        raise DesqError("desq mark is for name mode; uid mode keeps no per-row state")
+    report = mark(SourceTable.connect(settings), today=_today(today, settings))
+    click.echo(report.summary())
+    for example in report.examples:
+        click.echo(f"  {example}")
+
+
+@main.command()
+@common_options
+@click.option("--advance", is_flag=True, help="Move the cutoff as far as verification allows.")
+@today_option
+@needs_settings
+def cutoff(settings: Settings, advance: bool, today: date | None) -> None:
+    """Print ARCHIVE_CUTOFF_DATE (uid mode); --advance moves it over fully archived days."""
+    if settings.mode != "uid":
+        raise DesqError("the archive cutoff is uid mode's state; name mode tracks each row's des_status")
+    state = StateStore.connect(settings.state.db_url or settings.source.db_url)
+    if advance:
+        report = advance_cutoff(SourceTable.connect(settings), state, Archive(storage_for(settings)), today=_today(today, settings))
+        click.echo(report.summary(), err=True)
+    current = state.cutoff()
+    click.echo(current.isoformat() if current else "none")
 
 
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
