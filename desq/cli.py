@@ -25,12 +25,16 @@ import sqlalchemy as sa
 from desq.archive import Archive, StorageSource
 from desq.cutoff import StateStore
 from desq.cutoff import advance as advance_cutoff
+from desq.pipeline.night import recover as recover_pipeline
+from desq.pipeline.night import run_sync
+from desq.pipeline.pack import Packer
 from desq.source.marker import mark
+from desq.source.plan import plan_names, plan_uids
 from desq.source.table import SourceTable, index_hints, masked
 from desq.container import ContainerError, Problem, Reader
 from desq.container.fsck import salvage
 from desq.errors import DesqError
-from desq.layout import LayoutError
+from desq.layout import LayoutError, parse_shard_hex
 from desq.progress import progress
 from desq.settings import Settings, dump_toml, load_settings, markdown_table
 from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, storage_for
@@ -245,6 +249,84 @@ def cutoff(settings: Settings, advance: bool, today: date | None) -> None:
         click.echo(report.summary(), err=True)
     current = state.cutoff()
     click.echo(current.isoformat() if current else "none")
+
+
+def _send(name: str, **kwargs: Any) -> str:
+    """Send a task by name through the Celery app of these settings; returns its id."""
+    from tasks import app
+
+    return app.send_task(name, kwargs=kwargs).id
+
+
+@main.command()
+@common_options
+@today_option
+@click.option("--sync", is_flag=True, help="Do it all in this process, with no broker.")
+@needs_settings
+def nightly(settings: Settings, today: date | None, sync: bool) -> None:
+    """What beat triggers each night: mark, one pack_shard per (date, shard), the cutoff step."""
+    day = _today(today, settings)
+    if not sync:
+        click.echo(f"sent desq.nightly for {day}: task {_send('desq.nightly', today=day.isoformat())}")
+        return
+    report = run_sync(settings, day)
+    if report.marked:
+        click.echo(report.marked)
+    click.echo(f"planned {len(report.plan)} (date, shard) task(s) with {sum(f for *_, f in report.plan)} file(s)")
+    summary = report.summary
+    click.echo(f"packed {summary['files']} file(s), kept {summary['kept']}, {summary['bytes']} bytes, {summary['by_status']} in {report.seconds} s")
+    if "cutoff" in summary:
+        click.echo(summary["cutoff"])
+    for failure in summary["failures"]:
+        click.echo(f"  {failure}")
+    failed = summary["by_status"].get("failed", 0)
+    if failed:
+        raise DesqError(f"{failed} of {summary['tasks']} pack task(s) failed; see above")
+
+
+@main.command()
+@common_options
+@click.option("--date", "day", required=True, metavar="YYYY-MM-DD", callback=_parse_day, help="The day whose containers to pack.")
+@click.option("--shard", metavar="HEX", help="One shard, in hex (e.g. FE).")
+@click.option("--all", "everything", is_flag=True, help="Every shard of that day with work.")
+@click.option("--enqueue", is_flag=True, help="Send pack_shard tasks to the queues instead of packing here.")
+@needs_settings
+def pack(settings: Settings, day: date, shard: str | None, everything: bool, enqueue: bool) -> None:
+    """Pack one or all shards of a date, here or through the queues."""
+    if (shard is None) == (not everything):
+        raise click.UsageError("give exactly one of --shard HEX and --all")
+    if shard is not None:
+        try:
+            shards = [parse_shard_hex(shard, settings.shard_bits)]
+        except LayoutError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shard") from None
+    else:
+        source = SourceTable.connect(settings)
+        plan = plan_names(source) if settings.mode == "name" else plan_uids(source, day, day)
+        shards = [w.shard for w in plan.work if w.date == day]
+    if enqueue:
+        for s in shards:
+            _send("desq.pack_shard", date=day.isoformat(), shard=s)
+        click.echo(f"sent {len(shards)} pack_shard task(s) for {day}")
+        return
+    packer = Packer(settings)
+    failed = 0
+    for s in progress(shards, f"pack {day}"):
+        report = packer.pack(day, s)
+        click.echo(f"{report.container}: {report.status}, {report.files} new, {report.kept} kept, {report.failed_rows} failed rows")
+        for failure in report.failures:
+            click.echo(f"  {failure}")
+        failed += report.status not in ("packed", "nothing")
+    if failed:
+        raise DesqError(f"{failed} of {len(shards)} shard(s) were not packed")
+
+
+@main.command()
+@common_options
+@needs_settings
+def recover(settings: Settings) -> None:
+    """Clear expired leases, abort abandoned uploads, remove stale staging objects."""
+    click.echo(recover_pipeline(settings).summary())
 
 
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:

@@ -202,6 +202,13 @@ class StateSettings:
 
 
 @dataclass(frozen=True)
+class PipelineSettings:
+    """The packers."""
+
+    lease_seconds: int = opt(300, "a packer's lease on its (date, shard), renewed every third of it; a killed packer's lease frees after this", min=5, max=86400)
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     """The Celery broker and result backend."""
 
@@ -230,6 +237,7 @@ class Settings:
     source: SourceSettings = field(default_factory=SourceSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     web: WebSettings = field(default_factory=WebSettings)
 

@@ -111,6 +111,17 @@ class StorageConformance:
         with pytest.raises(StorageError):
             upload.commit()
 
+    def test_publish_moves_atomically(self, storage: Storage) -> None:
+        storage.put("20251120/FE.des", b"old")
+        storage.put("20251120/FE.des.staging-1", b"new container")
+        info = storage.publish("20251120/FE.des.staging-1", "20251120/FE.des")
+        assert info.size == 13 and storage.read("20251120/FE.des", 0, 13) == b"new container"
+        assert [o.key for o in storage.list("20251120/")] == ["20251120/FE.des"]
+        with pytest.raises(NotFound):
+            storage.publish("20251120/FE.des.staging-1", "20251120/FE.des")
+        storage.put("a/new.des.staging", b"first")
+        assert storage.publish("a/new.des.staging", "b/new.des").key == "b/new.des"
+
     def test_delete(self, storage: Storage) -> None:
         storage.put("k", b"x")
         storage.delete("k")

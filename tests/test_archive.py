@@ -46,6 +46,9 @@ class CountingStorage(Storage):
     def delete(self, key):  # noqa: ANN001, ANN201
         return self.inner.delete(key)
 
+    def publish(self, staging, key):  # noqa: ANN001, ANN201
+        return self.inner.publish(staging, key)
+
     def list(self, prefix=""):  # noqa: ANN001, ANN201
         return self.inner.list(prefix)
 

@@ -131,6 +131,13 @@ class Storage(ABC):
             return upload.commit()
 
     @abstractmethod
+    def publish(self, staging: str, key: str) -> ObjectInfo:
+        """Move the object at ``staging`` to ``key`` atomically (replacing any older one there).
+
+        Readers of ``key`` see the old object or the new one, never a mix; ``staging`` is gone after.
+        """
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is already gone."""
 

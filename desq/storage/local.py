@@ -150,6 +150,18 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError(f"cannot start writing {key!r}: {exc.strerror or exc}") from exc
 
+    def publish(self, staging: str, key: str) -> ObjectInfo:
+        source, target = self.path(staging), self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            _fsync_dir(target.parent)
+        except FileNotFoundError:
+            raise NotFound(f"no object {staging!r} in {self.url} to publish") from None
+        except OSError as exc:
+            raise StorageError(f"cannot publish {staging!r} as {key!r}: {exc.strerror or exc}") from exc
+        return _info(key, target.stat())
+
     def delete(self, key: str) -> None:
         try:
             self.path(key).unlink()

@@ -189,6 +189,23 @@ class S3Storage(Storage):
     def open_upload(self, key: str, *, content_type: str | None = None) -> Upload:
         return _S3Upload(self, key, self._key(key), content_type)
 
+    def publish(self, staging: str, key: str) -> ObjectInfo:
+        """Server-side copy (multipart for big objects), pinned to the staged version, then delete it."""
+        source = self.head(staging)
+        what = f"publishing {self.url}/{staging} as {key}"
+        try:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(staging)}, self.bucket, self._key(key),
+                ExtraArgs={"CopySourceIfMatch": source.etag},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, what) from exc
+        published = self.head(key)
+        if published.size != source.size:
+            raise StorageError(f"{what}: the copy has {published.size} bytes, the staged object {source.size}")
+        self.delete(staging)
+        return published
+
     def delete(self, key: str) -> None:
         self._call(f"deleting {self.url}/{key}", self.client.delete_object, Key=self._key(key))
 

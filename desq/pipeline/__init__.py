@@ -1,0 +1,1 @@
+"""The packing pipeline: leases, pack_shard, the nightly run, recovery."""

@@ -1,0 +1,124 @@
+"""The nightly run: mark (name mode), plan, pack every (date, shard), finish with the cutoff step.
+
+``run_sync`` does all of it in this process; the Celery tasks in ``tasks/`` call the same pieces,
+with one ``pack_shard`` task per (date, shard) on the queue of its shard.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from desq.archive import Archive
+from desq.cutoff import StateStore, _first_day, advance
+from desq.pipeline.lease import Leases
+from desq.pipeline.pack import STAGING, Packer, PackReport
+from desq.settings import Settings
+from desq.source.marker import mark
+from desq.source.plan import Plan, plan_names, plan_uids, target_day
+from desq.source.table import SourceTable, create_engine
+from desq.storage import Storage, storage_for
+
+
+def state_store(settings: Settings, source: SourceTable) -> StateStore:
+    """desq's own tables: in ``state.db_url``, else beside the source table."""
+    return StateStore(create_engine(settings.state.db_url) if settings.state.db_url else source.engine)
+
+
+def plan_night(settings: Settings, source: SourceTable, today: date) -> Plan:
+    """What tonight packs: READY (date, shard)s (name mode), or the days after the cutoff (uid mode)."""
+    if settings.mode == "name":
+        return plan_names(source)
+    cutoff = state_store(settings, source).cutoff()
+    first = cutoff + timedelta(days=1) if cutoff else _first_day(source)
+    last = target_day(today, settings.archive.after_days)
+    if first is None or first > last:
+        return Plan(rows={})
+    return plan_uids(source, first, last)
+
+
+def finish(settings: Settings, source: SourceTable, storage: Storage, today: date, packs: list[dict[str, Any]]) -> dict[str, Any]:
+    """After every shard of a night: the cutoff step (uid mode) and a summary of the packs."""
+    summary: dict[str, Any] = {
+        "today": today.isoformat(),
+        "tasks": len(packs),
+        "files": sum(p.get("files", 0) for p in packs),
+        "kept": sum(p.get("kept", 0) for p in packs),
+        "bytes": sum(p.get("bytes", 0) for p in packs),
+        "failed_rows": sum(p.get("failed_rows", 0) for p in packs),
+        "by_status": {},
+        "failures": [f for p in packs for f in p.get("failures", [])][:50],
+    }
+    for p in packs:
+        summary["by_status"][p.get("status", "failed")] = summary["by_status"].get(p.get("status", "failed"), 0) + 1
+    if settings.mode == "uid":
+        report = advance(source, state_store(settings, source), Archive(storage), today=today)
+        summary["cutoff"] = report.summary()
+    return summary
+
+
+@dataclass
+class NightReport:
+    """A whole night run in one process."""
+
+    today: str
+    marked: str = ""
+    plan: list[tuple[str, int, int]] = field(default_factory=list)
+    packs: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_sync(settings: Settings, today: date, *, worker: str | None = None) -> NightReport:
+    """The whole night in this process, no broker: mark, plan, pack each (date, shard), finish."""
+    started = time.monotonic()
+    source = SourceTable.connect(settings)
+    storage = storage_for(settings)
+    report = NightReport(today=today.isoformat())
+    if settings.mode == "name":
+        report.marked = mark(source, today=today).summary()
+    plan = plan_night(settings, source, today)
+    report.plan = [(w.date.isoformat(), w.shard, w.files) for w in plan.work]
+    packer = Packer(settings, worker=worker, source=source, storage=storage)
+    for work in plan.work:
+        rows = plan.rows.get((work.date, work.shard)) if plan.rows is not None else None
+        try:
+            report.packs.append(packer.pack(work.date, work.shard, rows).as_dict())
+        except Exception as exc:  # noqa: BLE001 - one shard's failure is reported, the night goes on
+            failed = PackReport(date=work.date.isoformat(), shard=f"{work.shard:X}", container="", status="failed", failures=[str(exc)])
+            report.packs.append(failed.as_dict())
+    report.summary = finish(settings, source, storage, today, report.packs)
+    report.seconds = round(time.monotonic() - started, 2)
+    return report
+
+
+@dataclass
+class RecoverReport:
+    leases: int = 0
+    uploads: int = 0
+    staging: int = 0
+
+    def summary(self) -> str:
+        return f"cleared {self.leases} expired lease(s), aborted {self.uploads} abandoned upload(s), removed {self.staging} stale staging object(s)"
+
+
+def recover(settings: Settings, *, older_than: timedelta = timedelta(hours=6), source: SourceTable | None = None, storage: Storage | None = None) -> RecoverReport:
+    """Clear what crashed packers left: expired leases, abandoned uploads, old staging objects.
+
+    Only ``<key>.staging-*`` objects are removed, never a container: a container is replaced only by
+    publishing a verified staging object over it.
+    """
+    source = source or SourceTable.connect(settings)
+    storage = storage or storage_for(settings)
+    report = RecoverReport()
+    engine = create_engine(settings.state.db_url) if settings.state.db_url else source.engine
+    report.leases = Leases(engine).clear_expired()
+    report.uploads = storage.abort_stale_uploads(older_than.total_seconds())
+    cutoff = datetime.now(timezone.utc) - older_than
+    for info in storage.list():
+        if STAGING in info.key.rpartition("/")[2] and (info.modified is None or info.modified < cutoff):
+            storage.delete(info.key)
+            report.staging += 1
+    return report

@@ -1,0 +1,230 @@
+"""pack_shard: one (date, shard) from READY rows to a verified container.
+
+The order of the steps is what makes it safe to kill at any line and run again:
+
+1. take the lease of the container's key (another packer holding it: report "busy" and stop);
+2. stream a new container to a staging key: this night's files first, in row order, then every
+   member of the existing container that is not among them (late files never drop earlier ones);
+3. read the staged container back and check every member against its checksum, and this night's
+   members against the CRC32C of the bytes fetched;
+4. check the lease is still ours (fencing), then publish the staging object over the key atomically;
+5. only then mark the rows PACKED (name mode) and, if configured, delete their originals.
+
+A crash before 4 leaves the old container untouched (and a staging object for ``recover``); a crash
+after 4 leaves READY rows whose files are already in the container, which the next run writes
+again, identically. Runs converge on the same container and the same row states.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any, BinaryIO
+
+from crc32c import crc32c
+
+from desq.archive import Archive, store_external
+from desq.container import ContainerError, ContainerWriter
+from desq.errors import DesqError
+from desq.layout import LAYOUT_VERSION, container_key, shard_hex
+from desq.pipeline.lease import LeaseLost, Leases
+from desq.settings import Settings
+from desq.source.fetch import Fetcher
+from desq.source.plan import mark_packed, name_rows_for, uid_rows_for
+from desq.source.rows import SourceRow
+from desq.source.table import SourceTable, as_datetime, create_engine
+from desq.storage import NotFound, Storage, storage_for
+
+STAGING = ".staging-"
+"""Staging objects are ``<key>.staging-<token>``; ``recover`` removes old ones."""
+
+
+class PackFailed(DesqError):
+    """The container could not be built or did not verify; nothing was published or marked."""
+
+
+@dataclass
+class PackReport:
+    """What one pack_shard run did (JSON-able, for task results and the night's summary)."""
+
+    date: str
+    shard: str
+    container: str
+    status: str = "packed"
+    """packed, nothing (no READY rows), busy (another packer holds the lease)."""
+    worker: str = ""
+    files: int = 0
+    kept: int = 0
+    bytes: int = 0
+    failed_rows: int = 0
+    failures: list[str] = field(default_factory=list)
+    marked_packed: int = 0
+    deleted_originals: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunks(stream: BinaryIO, size: int = 8 << 20) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(size):
+            yield chunk
+
+
+def _aware(value: object, settings: Settings) -> datetime | None:
+    moment = as_datetime(value)
+    if not isinstance(moment, datetime):
+        return None
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=settings.zone)
+
+
+class Packer:
+    """Packs (date, shard)s for one deployment; holds its source, storage and lease table."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker: str | None = None,
+        source: SourceTable | None = None,
+        storage: Storage | None = None,
+        lease_ttl: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker = worker or socket.gethostname()
+        self.source = source or SourceTable.connect(settings)
+        self.storage = storage or storage_for(settings)
+        state_url = settings.state.db_url or settings.source.db_url
+        self.leases = Leases(self.source.engine if not settings.state.db_url else create_engine(state_url))
+        self.lease_ttl = float(lease_ttl or settings.pipeline.lease_seconds)
+
+    def rows(self, day: date, shard: int) -> Iterator[SourceRow]:
+        """The rows to pack into (day, shard), read from the source."""
+        if self.settings.mode == "name":
+            return name_rows_for(self.source, day, shard)
+        return uid_rows_for(self.source, day, shard)
+
+    def pack(self, day: date, shard: int, rows: Iterable[SourceRow] | None = None) -> PackReport:
+        """Pack (day, shard); ``rows`` when a planner already read them (uid mode), else queried."""
+        started = time.monotonic()
+        bits = self.settings.shard_bits
+        key = container_key(day, shard, bits)
+        report = PackReport(date=day.isoformat(), shard=shard_hex(shard, bits), container=key, worker=self.worker)
+        lease = self.leases.acquire(f"pack:{key}", self.worker, self.lease_ttl)
+        if lease is None:
+            held = self.leases.holder(f"pack:{key}")
+            report.status = "busy"
+            report.failures.append(f"{key} is being packed by {held[0] if held else 'another packer'}")
+            return report
+        try:
+            with lease.keep_alive():
+                todo = list(rows if rows is not None else self.rows(day, shard))
+                if not todo:
+                    report.status = "nothing"
+                    return report
+                staging = f"{key}{STAGING}{lease.token:x}"
+                expected, packed = self._write(key, staging, todo, report)
+                if not packed:
+                    self.storage.delete(staging)
+                    report.status = "nothing"
+                    return report
+                self._verify(staging, expected)
+                lease.check()
+                self.storage.publish(staging, key)
+                if self.settings.mode == "name":
+                    report.marked_packed = mark_packed(self.source, [r.id for r in packed])
+                if self.settings.archive.delete_originals:
+                    report.deleted_originals = self._delete_originals(packed, report)
+        except LeaseLost as exc:
+            raise PackFailed(str(exc)) from exc
+        finally:
+            lease.release()
+            report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    def _write(self, key: str, staging: str, rows: list[SourceRow], report: PackReport) -> tuple[dict[str, int], list[SourceRow]]:
+        """Stream the new container to ``staging``; return (CRC32C of each new member, rows packed)."""
+        existing = None
+        try:
+            existing = Archive(self.storage, cache_bytes=0).open(key)
+        except NotFound:
+            pass
+        if existing is not None and existing.version != 2:
+            raise PackFailed(f"{key} is a DES v{existing.version} container; desq merges only into its own format")
+        if existing is not None and getattr(existing, "layout_version", LAYOUT_VERSION) != LAYOUT_VERSION:
+            raise PackFailed(f"{key} was written with layout {existing.layout_version}, this desq uses {LAYOUT_VERSION}")
+        settings = self.settings
+        expected: dict[str, int] = {}
+        packed: list[SourceRow] = []
+        with self.storage.open_upload(staging) as upload:
+            writer = ContainerWriter(upload)
+            with Fetcher(
+                root=settings.source.root,
+                big_file_bytes=settings.archive.big_file_bytes,
+                s3_endpoint_url=settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url,
+                threads=settings.source.fetch_threads,
+            ) as fetcher:
+                for original in fetcher.fetch(rows):
+                    row = original.row
+                    if original.error is not None:
+                        report.failed_rows += 1
+                        if len(report.failures) < 20:
+                            report.failures.append(f"row {row.id}: {original.error}")
+                        continue
+                    created = _aware(row.created_at, settings)
+                    if original.data is not None:
+                        writer.add(row.name, original.data, content_type=original.content_type, path=row.path, created_at=created)
+                        expected[row.name] = crc32c(original.data)
+                    else:
+                        assert original.open is not None
+                        ref = store_external(self.storage, key, row.name, _chunks(original.open()), original.size, content_type=original.content_type)
+                        writer.add_external(
+                            row.name, size=ref.size, checksum=ref.checksum, block_checksums=ref.block_checksums,
+                            external_key=ref.external_key, content_type=original.content_type, path=row.path, created_at=created,
+                        )
+                        expected[row.name] = ref.checksum
+                    report.files += 1
+                    report.bytes += original.size
+                    packed.append(row)
+            if existing is not None:
+                report.kept = writer.merge(existing)  # type: ignore[arg-type]
+            writer.close()
+            upload.commit()
+        return expected, packed
+
+    def _verify(self, staging: str, expected: dict[str, int]) -> None:
+        """Read the staged container back: every member's checksum, and the new ones' CRC32C."""
+        try:
+            reader = Archive(self.storage, cache_bytes=0).open(staging)
+            members = {m.name: m for m in reader.members()}
+            missing = sorted(set(expected) - set(members))
+            if missing:
+                raise PackFailed(f"{staging}: {len(missing)} member(s) missing after writing, e.g. {missing[0]!r}")
+            inside = [n for n, m in members.items() if not m.external]
+            for name, data in reader.read_many(inside):
+                if name in expected and crc32c(data) != expected[name]:
+                    raise PackFailed(f"{staging}: member {name!r} differs from the original fetched")
+            for name in (n for n, m in members.items() if m.external):
+                crc = 0
+                for chunk in reader.iter_range(name, chunk_size=8 << 20):
+                    crc = crc32c(chunk, crc)
+                if name in expected and crc != expected[name]:
+                    raise PackFailed(f"{staging}: member {name!r} differs from the original fetched")
+        except ContainerError as exc:
+            raise PackFailed(f"{staging} did not verify: {exc}") from exc
+
+    def _delete_originals(self, rows: list[SourceRow], report: PackReport) -> int:
+        deleted = 0
+        with Fetcher(root=self.settings.source.root, s3_endpoint_url=self.settings.source.s3_endpoint_url or self.settings.archive.s3_endpoint_url) as fetcher:
+            for row in rows:
+                try:
+                    fetcher.delete_original(row)
+                    deleted += 1
+                except DesqError as exc:
+                    if len(report.failures) < 20:
+                        report.failures.append(f"row {row.id}: original not deleted: {exc}")
+        return deleted

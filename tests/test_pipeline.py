@@ -1,0 +1,213 @@
+"""The packing pipeline in one process: nightly --sync, late files, leases, crashes at every step."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from desq.archive import Archive
+from desq.layout import container_key, shard_of_name
+from desq.pipeline import pack as pack_module
+from desq.pipeline.lease import Lease, LeaseLost
+from desq.pipeline.night import recover, run_sync
+from desq.pipeline.pack import Packer, PackFailed
+from desq.settings import Settings, load_settings
+from desq.source.table import SourceTable
+from desq.storage.local import LocalStorage
+
+TODAY = date(2025, 11, 28)
+DAYS = [date(2025, 11, 18), date(2025, 11, 19), date(2025, 11, 20)]
+
+
+class Site:
+    """A business table and its original files under one folder (the embedded default's shape)."""
+
+    def __init__(self, root: Path, **env: str) -> None:
+        self.root = root
+        self.originals = root / "originals"
+        self.originals.mkdir(parents=True)
+        self.db = root / "source.db"
+        self.engine = sa.create_engine(f"sqlite:///{self.db}")
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE files (id INTEGER PRIMARY KEY, created_at DATETIME, path TEXT, des_name TEXT, des_hash_bits INTEGER, des_status TEXT)"))
+        self.env = {
+            "DESQ_SOURCE_DB_URL": f"sqlite:///{self.db}",
+            "DESQ_SOURCE_ROOT": str(self.originals),
+            "DESQ_ARCHIVE_URL": str(root / "archive"),
+            "DESQ_SHARD_BITS": "3",
+            "DESQ_QUEUE_COUNT": "2",
+            "DESQ_ARCHIVE_BIG_FILE_BYTES": str(64 * 1024),
+            "DESQ_PIPELINE_LEASE_SECONDS": "5",
+        } | env
+        self.contents: dict[int, bytes] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(env=self.env)
+
+    def add(self, ids: range, day: date, *, size: int = 300) -> None:
+        rows = []
+        for i in ids:
+            data = os.urandom(size + i % 500)
+            (self.originals / f"{i}.bin").write_bytes(data)
+            self.contents[i] = data
+            rows.append({"id": i, "created_at": datetime.combine(day, datetime.min.time()) + timedelta(minutes=i % 600), "path": f"{i}.bin"})
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO files (id, created_at, path) VALUES (:id, :created_at, :path)"), rows)
+
+    def states(self) -> dict[int, str | None]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.text("SELECT id, des_status FROM files")).all())
+
+    def day_of(self, i: int) -> date:
+        with self.engine.connect() as conn:
+            return datetime.fromisoformat(conn.execute(sa.text("SELECT created_at FROM files WHERE id = :i"), {"i": i}).scalar_one()).date()
+
+    def read_back(self, i: int) -> bytes:
+        name = f"{self.day_of(i):%Y%m%d}_{i}"
+        return Archive(LocalStorage(self.root / "archive")).read(container_key(self.day_of(i), shard_of_name(name, 3), 3), name)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    s = Site(tmp_path)
+    for n, day in enumerate(DAYS):
+        s.add(range(100 * n + 1, 100 * n + 61), day)
+    return s
+
+
+def test_a_night_packs_every_file_into_its_container(site: Site) -> None:
+    (site.originals / "5.bin").unlink()  # a missing original: reported, its row stays READY
+    site.add(range(900, 902), DAYS[0], size=100 * 1024)  # big files: stored beside their container
+    report = run_sync(site.settings, TODAY)
+    assert report.summary["files"] == 181 and report.summary["failed_rows"] == 1
+    assert any("5.bin" in f for f in report.summary["failures"])
+    states = site.states()
+    assert states[5] == "READY" and all(v == "PACKED" for k, v in states.items() if k != 5)
+    for i, data in site.contents.items():
+        if i != 5:
+            assert site.read_back(i) == data
+    assert not [p for p in (site.root / "archive").rglob("*") if ".staging-" in p.name]
+    again = run_sync(site.settings, TODAY)
+    assert again.summary["files"] == 0 and again.summary["failed_rows"] == 1  # only the missing one is tried again
+
+
+def test_late_files_join_their_container_without_losing_any(site: Site) -> None:
+    run_sync(site.settings, TODAY)
+    before = {p.name: p.stat().st_size for p in (site.root / "archive").rglob("*.des")}
+    site.add(range(1000, 1040), DAYS[1])  # arrive after that day was packed
+    report = run_sync(site.settings, TODAY)
+    assert report.summary["files"] == 40 and report.summary["kept"] > 0
+    for i, data in site.contents.items():
+        assert site.read_back(i) == data
+    after = {p.name: p.stat().st_size for p in (site.root / "archive").rglob("*.des")}
+    assert set(before) <= set(after)
+
+
+def test_originals_are_deleted_only_after_verification(site: Site) -> None:
+    report = run_sync(load_settings(env=site.env | {"DESQ_ARCHIVE_DELETE_ORIGINALS": "true"}), TODAY)
+    assert sum(p["deleted_originals"] for p in report.packs) == 180
+    assert list(site.originals.iterdir()) == []
+    for i, data in site.contents.items():
+        assert site.read_back(i) == data
+
+
+@pytest.mark.parametrize("step", ["fetch", "write", "verify", "publish", "mark"])
+def test_a_crash_at_any_step_converges(site: Site, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(env=site.env | {"DESQ_ARCHIVE_DELETE_ORIGINALS": "true"})
+    SourceTable.connect(settings)
+    from desq.source.marker import mark
+
+    mark(SourceTable.connect(settings), today=TODAY)
+    day, shard = DAYS[0], shard_of_name(f"{DAYS[0]:%Y%m%d}_1", 3)
+
+    class Crash(Exception):
+        pass
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise Crash(step)
+
+    targets = {
+        "fetch": (pack_module.Fetcher, "fetch"),
+        "write": (pack_module.ContainerWriter, "close"),
+        "verify": (Packer, "_verify"),
+        "publish": (LocalStorage, "publish"),
+        "mark": (pack_module, "mark_packed"),
+    }
+    owner, attr = targets[step]
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, attr, boom)
+        with pytest.raises(Crash):
+            Packer(settings).pack(day, shard)
+    key = container_key(day, shard, 3)
+    published = (site.root / "archive" / key).exists()
+    assert published == (step == "mark")  # nothing is visible before publishing
+    assert "PACKED" not in site.states().values()  # no row is PACKED before its container is verified
+    assert len(list(site.originals.iterdir())) == 180  # no original is deleted before that either
+    report = Packer(settings).pack(day, shard)  # the lease was released by the failed run
+    assert report.status == "packed" and report.marked_packed == report.files > 0
+    assert recover(settings).staging >= 0
+    names = [m.name for m in Archive(LocalStorage(site.root / "archive")).open(key).members()]
+    assert len(names) == len(set(names)) == report.files
+
+
+def test_two_packers_for_one_shard(site: Site) -> None:
+    settings = site.settings
+    from desq.source.marker import mark
+
+    mark(SourceTable.connect(settings), today=TODAY)
+    day, shard = DAYS[2], shard_of_name(f"{DAYS[2]:%Y%m%d}_201", 3)
+    gate = threading.Event()
+    original_verify = Packer._verify
+    results: list[object] = []
+
+    def slow_verify(self: Packer, *args: object) -> None:
+        gate.wait(10)
+        original_verify(self, *args)
+
+    first = Packer(settings, worker="first")
+    first._verify = slow_verify.__get__(first)  # type: ignore[method-assign]
+    thread = threading.Thread(target=lambda: results.append(first.pack(day, shard)))
+    thread.start()
+    for _ in range(100):
+        if first.leases.holder(f"pack:{container_key(day, shard, 3)}"):
+            break
+        threading.Event().wait(0.05)
+    second = Packer(settings, worker="second").pack(day, shard)
+    gate.set()
+    thread.join()
+    assert second.status == "busy" and "first" in second.failures[0]
+    assert results[0].status == "packed"
+    again = Packer(settings, worker="second").pack(day, shard)
+    assert again.status == "nothing"
+
+
+def test_a_lost_lease_never_publishes(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = site.settings
+    from desq.source.marker import mark
+
+    mark(SourceTable.connect(settings), today=TODAY)
+    day, shard = DAYS[0], shard_of_name(f"{DAYS[0]:%Y%m%d}_1", 3)
+    packer = Packer(settings)
+    def lost(self: Lease) -> None:
+        raise LeaseLost("taken over")
+
+    monkeypatch.setattr(Lease, "check", lost)
+    with pytest.raises(PackFailed, match="taken over"):
+        packer.pack(day, shard)
+    assert not (site.root / "archive" / container_key(day, shard, 3)).exists()
+
+
+def test_uid_mode_night_moves_the_cutoff(site: Site) -> None:
+    settings = load_settings(env=site.env | {"DESQ_MODE": "uid"})
+    report = run_sync(settings, TODAY)
+    assert report.summary["files"] == 180 and "cutoff None -> 2025-11-20" in report.summary["cutoff"]
+    storage = Archive(LocalStorage(site.root / "archive"))
+    for i, data in site.contents.items():
+        key = container_key(site.day_of(i), i % 8, 3)
+        assert storage.read(key, str(i)) == data
