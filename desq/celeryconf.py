@@ -9,12 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+from desq.layout import Layout
 from desq.settings import Settings, data_path
 
 CONTROL_QUEUE = "desq"
 """Queue of the tasks that are not per shard: nightly, mark, finish_night, recover."""
+
+
+PACK_TASK = "desq.pack_shard"
+TASK_TIME_LIMIT = 4 * 3600
+"""Hard limit of one task; the Redis visibility timeout is set above it, so no running task is
+ever redelivered to a second worker while the first still works on it (celery#5935, #3430)."""
+VISIBILITY_TIMEOUT = TASK_TIME_LIMIT + 3600
+
+
+class ShardRouter:
+    """Celery router: ``pack_shard(date, shard)`` goes to the queue of its shard; others to ``desq``."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def __call__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any], task: Any = None, **_: Any) -> dict[str, str] | None:
+        if name != PACK_TASK:
+            return None
+        shard = kwargs["shard"] if kwargs and "shard" in kwargs else args[1]
+        return {"queue": self.layout.queue_of(int(shard))}
 
 
 def embedded_broker_folders(settings: Settings) -> dict[str, Path]:
@@ -35,7 +57,7 @@ def broker_and_backend(settings: Settings) -> tuple[str, dict[str, Any], str]:
     if url:
         if not backend and url.startswith(("redis://", "rediss://")):
             backend = url
-        return url, {}, backend
+        return url, ({"visibility_timeout": VISIBILITY_TIMEOUT} if url.startswith(("redis://", "rediss://")) else {}), backend
     folders = embedded_broker_folders(settings)
     options = {k: str(v) for k, v in folders.items() if k != "results"}
     options["store_processed"] = False
@@ -70,4 +92,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_TIME_LIMIT - 300,
+        "task_routes": (ShardRouter(settings.layout),),
+        "task_track_started": True,
+        "result_expires": 7 * 86400,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": {
+            "nightly": {"task": "desq.nightly", "schedule": crontab(minute=0, hour=0)},
+            "recover": {"task": "desq.recover", "schedule": crontab(minute=30)},
+        },
     }

@@ -6,6 +6,7 @@ with one ``pack_shard`` task per (date, shard) on the queue of its shard.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -57,6 +58,19 @@ def finish(settings: Settings, source: SourceTable, storage: Storage, today: dat
         report = advance(source, state_store(settings, source), Archive(storage), today=today)
         summary["cutoff"] = report.summary()
     return summary
+
+
+def record_night(settings: Settings, source: SourceTable, today: str, summary: dict[str, Any], packs: list[dict[str, Any]]) -> int:
+    """Keep a night's summary (with who packed each container) in desq's state table.
+
+    Returns how many times this night has finished; the chord makes it once.
+    """
+    state = state_store(settings, source)
+    runs = int(state.get(f"night:{today}:finished") or 0) + 1
+    state.set(f"night:{today}:finished", str(runs))
+    packed_by = {p["container"]: {"worker": p.get("worker", ""), "queue": p.get("queue", ""), "status": p.get("status")} for p in packs if p.get("container")}
+    state.set(f"night:{today}:summary", json.dumps(summary | {"packed_by": packed_by}))
+    return runs
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""The Celery tasks: thin wrappers around desq.pipeline (each reads like a few library calls)."""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, datetime
+from typing import Any
+
+from celery import chord
+from sqlalchemy.exc import OperationalError
+
+from desq.pipeline import night
+from desq.pipeline.lease import LeaseLost
+from desq.pipeline.pack import Packer, PackReport
+from desq.settings import Settings, load_settings
+from desq.source.fetch import OriginalsUnavailable
+from desq.source.marker import mark as run_marker
+from desq.source.rows import SourceRow
+from desq.source.table import SourceTable
+from desq.storage import StorageUnavailable, storage_for
+from tasks.app import app
+
+TRANSIENT = (StorageUnavailable, OriginalsUnavailable, OperationalError, LeaseLost)
+"""Worth trying again later; any other failure is the data's and is reported, not retried."""
+MAX_RETRIES = 6
+
+
+@functools.cache
+def settings() -> Settings:
+    return load_settings()
+
+
+@functools.cache
+def packer() -> Packer:
+    """One packer per worker process (its database pool and storage client are reused)."""
+    return Packer(settings(), worker=app.current_worker_task.request.hostname if app.current_worker_task else None)
+
+
+def _day(value: str | None) -> date:
+    return date.fromisoformat(value) if value else datetime.now(settings().zone).date()
+
+
+def date_from(text: str) -> date:
+    """Parse a task's date argument (the parameter itself is called ``date``, as in the contract)."""
+    return date.fromisoformat(text)
+
+
+def _rows(rows: list[list[Any]] | None, day: date, shard: int) -> list[SourceRow] | None:
+    if rows is None:
+        return None
+    return [SourceRow(id=r[0], name=r[1], created_at=r[2], path=r[3], date=day, shard=shard) for r in rows]
+
+
+@app.task(name="desq.nightly")
+def nightly(today: str | None = None) -> dict[str, Any]:
+    """Mark (name mode), plan, fan out one pack_shard per (date, shard), then finish_night once."""
+    day = _day(today)
+    source = SourceTable.connect(settings())
+    marked = run_marker(source, today=day).summary() if settings().mode == "name" else ""
+    plan = night.plan_night(settings(), source, day)
+    header = []
+    for work in plan.work:
+        rows = plan.rows.get((work.date, work.shard)) if plan.rows is not None else None
+        payload = [[r.id, r.name, str(r.created_at), r.path] for r in rows] if rows is not None else None
+        header.append(pack_shard.s(date=work.date.isoformat(), shard=work.shard, rows=payload))
+    if header:
+        chord(header)(finish_night.s(today=day.isoformat()))
+    else:
+        finish_night.delay([], today=day.isoformat())
+    return {"marked": marked, "tasks": len(header), "files": plan.files}
+
+
+@app.task(name="desq.mark")
+def mark(today: str | None = None) -> str:
+    return run_marker(SourceTable.connect(settings()), today=_day(today)).summary()
+
+
+@app.task(name="desq.pack_shard", bind=True, max_retries=MAX_RETRIES)
+def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = None) -> dict[str, Any]:
+    """Pack one (date, shard). Busy leases and transient failures are retried with backoff; a
+    definitive failure is returned (not raised), so the night's chord still finishes."""
+    day = date_from(date)
+    where = {"worker": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key", "")}
+    try:
+        report = packer().pack(day, shard, _rows(rows, day, shard))
+    except TRANSIENT as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=min(900, 15 * 2**self.request.retries)) from exc
+        report = PackReport(date=date, shard=f"{shard:X}", container="", status="failed", failures=[f"gave up after retries: {exc}"])
+    except Exception as exc:  # noqa: BLE001 - PackFailed and other bad data: reported, never retried
+        report = PackReport(date=date, shard=f"{shard:X}", container="", status="failed", failures=[str(exc)])
+    if report.status == "busy" and self.request.retries < self.max_retries:
+        raise self.retry(countdown=settings().pipeline.lease_seconds)
+    return report.as_dict() | where
+
+
+@app.task(name="desq.finish_night")
+def finish_night(results: list[dict[str, Any]], today: str) -> dict[str, Any]:
+    """After every shard of a night: the cutoff step (uid mode) and the summary, recorded once."""
+    source = SourceTable.connect(settings())
+    summary = night.finish(settings(), source, storage_for(settings()), _day(today), results)
+    night.record_night(settings(), source, today, summary, results)
+    return summary
+
+
+@app.task(name="desq.recover")
+def recover() -> str:
+    return night.recover(settings()).summary()
