@@ -29,7 +29,8 @@ def test_embedded_default_is_the_filesystem_broker(in_tmp: Path) -> None:
 def test_redis_broker_is_also_the_result_backend() -> None:
     conf = celery_config(load_settings(env={"DESQ_BROKER_URL": "redis://cache:6379/0"}))
     assert conf["broker_url"] == conf["result_backend"] == "redis://cache:6379/0"
-    assert conf["broker_transport_options"] == {}
+    # A running task is never redelivered to a second worker: redelivery waits past the time limit.
+    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf["task_soft_time_limit"]
     conf = celery_config(load_settings(env={"DESQ_BROKER_URL": "redis://cache:6379/0", "DESQ_BROKER_RESULT_BACKEND": "redis://other/1"}))
     assert conf["result_backend"] == "redis://other/1"
 
@@ -40,6 +41,22 @@ def test_queues_follow_the_layout() -> None:
     assert names == [CONTROL_QUEUE, *load_settings(env={"DESQ_SHARD_BITS": "10", "DESQ_QUEUE_COUNT": "8"}).layout.queue_names()]
     assert all(q.routing_key == q.name for q in conf["task_queues"])
     assert conf["task_create_missing_queues"] is False and conf["task_default_queue"] == CONTROL_QUEUE
+
+
+def test_pack_shard_is_routed_to_the_queue_of_its_shard() -> None:
+    settings = load_settings(env={})
+    (router,) = celery_config(settings)["task_routes"]
+    assert router("desq.pack_shard", (), {"date": "2025-11-20", "shard": 0x12}, {}) == {"queue": "shards-00-3f"}
+    assert router("desq.pack_shard", ("2025-11-20", 0xC0), {}, {}) == {"queue": "shards-c0-ff"}
+    assert router("desq.nightly", (), {}, {}) is None  # the default queue, desq
+
+
+def test_beat_runs_the_night_at_midnight_and_recovery_hourly() -> None:
+    conf = celery_config(load_settings(env={"DESQ_TIMEZONE": "Europe/Warsaw"}))
+    schedule = conf["beat_schedule"]
+    assert schedule["nightly"]["task"] == "desq.nightly" and schedule["nightly"]["schedule"].hour == {0}
+    assert schedule["recover"]["task"] == "desq.recover" and conf["timezone"] == "Europe/Warsaw"
+    assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
 
 
 def test_long_task_safety_and_zone() -> None:
