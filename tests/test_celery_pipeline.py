@@ -154,3 +154,100 @@ def test_a_night_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url:
         run_night(night, files=20_000, days=4, timeout=900)
     finally:
         night.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_packer_killed_mid_pack_leaves_nothing_half_done(tmp_path: Path, redis_url: str, pg_url: str) -> None:
+    import signal
+
+    broker = redis_url.rsplit("/", 1)[0] + "/6"
+    subprocess.run(["redis-cli", "-u", broker, "FLUSHDB"], check=True, capture_output=True)
+    night = Night(tmp_path, pg_url, {"DESQ_BROKER_URL": broker, "DESQ_QUEUE_COUNT": "1"})
+    try:
+        night.add(300, 2)
+        big = tmp_path / "originals" / "1.txt"  # one 1 GiB original: streamed beside its container
+        with open(big, "wb") as fh:
+            fh.truncate(1 << 30)
+        night.contents[1] = (night.contents[1][0], b"")
+        night.start("control", "desq")
+        packer = night.start("packer-00-ff", "shards-00-ff", pool="prefork")
+        night.trigger()
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "archive").rglob(".desq-upload-*")):
+            assert time.monotonic() < deadline, night.logs()
+            time.sleep(0.01)
+        (child,) = _children(packer.pid)
+        os.kill(child, signal.SIGKILL)
+        day = night.contents[1][0]
+        key = container_key(day, shard_of_name(f"{day:%Y%m%d}_1", 8), 8)
+        assert not (tmp_path / "archive" / key).exists()  # no partial container is visible
+        with night.engine.connect() as conn:
+            packed = conn.execute(sa.text(f"SELECT count(*) FROM {night.table} WHERE des_status = 'PACKED' AND id = 1")).scalar_one()
+        assert packed == 0
+        summary = night.wait_finished(300)  # the redelivered task finishes the job
+        assert summary["failed_rows"] == 0 and night.state(f"night:{TODAY}:finished") == "1"
+        from crc32c import crc32c
+
+        archive = Archive(LocalStorage(tmp_path / "archive"))
+        got = want = 0
+        zeros = bytes(8 << 20)
+        for chunk in archive.iter_range(key, f"{day:%Y%m%d}_1", chunk_size=8 << 20):
+            got = crc32c(chunk, got)
+        for _ in range((1 << 30) // len(zeros)):
+            want = crc32c(zeros, want)
+        assert got == want  # the 1 GiB member, whole
+        for i, (d, data) in list(night.contents.items())[1:]:
+            name = f"{d:%Y%m%d}_{i}"
+            assert archive.read(container_key(d, shard_of_name(name, 8), 8), name) == data
+        with night.engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {night.table} WHERE des_status = 'PACKED'")).scalar_one() == 300
+    finally:
+        night.close()
+
+
+def test_flower_shows_the_workers_behind_basic_auth(tmp_path: Path, redis_url: str) -> None:
+    import base64
+    import socket
+    import urllib.error
+    import urllib.request
+
+    broker = redis_url.rsplit("/", 1)[0] + "/7"
+    env = env_for({"DESQ_BROKER_URL": broker, "DESQ_DATA_DIR": str(tmp_path)})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "flower.log", "wb")
+    worker = subprocess.Popen([str(BIN / "celery"), "-A", "tasks", "worker", "-Q", "desq", "-n", "control@%h", "--pool=solo"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    flower = subprocess.Popen([str(BIN / "celery"), "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:flower-test-pw"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
+        auth = {"Authorization": "Basic " + base64.b64encode(b"ops:flower-test-pw").decode()}
+        deadline = time.monotonic() + 60
+        workers: dict = {}
+        while time.monotonic() < deadline and not any(name.startswith("control@") for name in workers):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=auth), timeout=10) as answer:
+                    workers = json.loads(answer.read())
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(1)
+        assert any(name.startswith("control@") for name in workers), (tmp_path / "flower.log").read_text()[-2000:]
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(url, timeout=10)
+        assert denied.value.code == 401
+    finally:
+        for process in (flower, worker):
+            process.terminate()
+            process.wait(timeout=30)
+        log.close()
