@@ -151,7 +151,6 @@ def test_a_crash_at_any_step_converges(site: Site, step: str, monkeypatch: pytes
     assert len(list(site.originals.iterdir())) == 180  # no original is deleted before that either
     report = Packer(settings).pack(day, shard)  # the lease was released by the failed run
     assert report.status == "packed" and report.marked_packed == report.files > 0
-    assert recover(settings).staging >= 0
     names = [m.name for m in Archive(LocalStorage(site.root / "archive")).open(key).members()]
     assert len(names) == len(set(names)) == report.files
 
@@ -211,3 +210,29 @@ def test_uid_mode_night_moves_the_cutoff(site: Site) -> None:
     for i, data in site.contents.items():
         key = container_key(site.day_of(i), i % 8, 3)
         assert storage.read(key, str(i)) == data
+
+
+def test_recover_clears_what_crashes_leave_and_never_a_container(site: Site) -> None:
+    settings = site.settings
+    run_sync(settings, TODAY)
+    storage = LocalStorage(site.root / "archive")
+    containers = sorted(o.key for o in storage.list() if o.key.endswith(".des"))
+    storage.put("20251118/00.des.staging-abc", b"left by a crash")
+    storage.put("20251118/01.des.staging-new", b"a packer at work now")
+    old = site.root / "archive" / "20251118" / "00.des.staging-abc"
+    os.utime(old, (0, 0))
+    upload = storage.open_upload("20251118/02.des.staging-x")
+    upload.write(b"half")
+    tmp = next((site.root / "archive" / "20251118").glob(".desq-upload-*"))
+    os.utime(tmp, (0, 0))
+    leases = Packer(settings).leases
+    assert leases.acquire("pack:20251118/03.des", "dead-worker", 0.001) is not None
+    threading.Event().wait(0.01)
+    with site.engine.connect() as conn:
+        expired = conn.execute(sa.text("SELECT count(*) FROM desq_lease")).scalar_one()  # released ones expire too
+    report = recover(settings)
+    assert (report.staging, report.uploads, report.leases) == (1, 1, expired) and expired > 1
+    assert leases.holder("pack:20251118/03.des") is None
+    left = sorted(o.key for o in storage.list())
+    assert "20251118/01.des.staging-new" in left and "20251118/00.des.staging-abc" not in left
+    assert [k for k in left if k.endswith(".des")] == containers
