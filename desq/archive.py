@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from desq.container import Member, MemberMeta, Reader, open_container
-from desq.container import format as fmt
-from desq.container.errors import WriterError
+from desq.container.writer import checksummed_copy
 from desq.container.reader import DEFAULT_SUFFIX
 from desq.storage import ObjectInfo, StaleObject, Storage, join_key
 
@@ -161,14 +160,7 @@ def store_external(storage: Storage, container_key: str, name: str, chunks: Iter
     nothing becomes visible.
     """
     relative = external_key_for(container_key, name)
-    sums = fmt.Checksummer(size)
     with storage.open_upload(join_key(container_key, relative), content_type=content_type) as upload:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            if sums.seen + len(view) > size:
-                raise WriterError(f"member {name!r}: the source gave more than the {size} bytes declared")
-            sums.update(view)
-            upload.write(view)
-        block_crcs, crc = sums.finish()
+        block_crcs, crc = checksummed_copy(name, chunks, size, upload.write)
         upload.commit()
     return ExternalRef(external_key=relative, size=size, checksum=crc, block_checksums=block_crcs)

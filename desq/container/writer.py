@@ -11,7 +11,7 @@ import io
 import os
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from stat import S_ISREG
@@ -262,16 +262,7 @@ class ContainerWriter:
 
     def _copy(self, name: str, chunks: Iterable[bytes | memoryview], size: int) -> tuple[list[int], int]:
         """Write ``size`` bytes from ``chunks``; return (CRC32C per block, CRC32C of all)."""
-        sums = fmt.Checksummer(size)
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            if sums.seen + len(view) > size:
-                raise WriterError(f"member {name!r}: the source gave more than the {size} bytes declared")
-            self._write(view)
-            sums.update(view)
-        if sums.seen != size:
-            raise WriterError(f"member {name!r}: the source gave {sums.seen} bytes, {size} were declared")
-        return sums.finish()
+        return checksummed_copy(name, chunks, size, self._write)
 
     @staticmethod
     def _stream_size(name: str, data: BinaryIO | Iterable[bytes], size: int | None) -> int:
@@ -298,9 +289,24 @@ def _chunks(data: BinaryIO | Iterable[bytes], chunk_size: int = 1 << 20) -> Iter
         yield chunk
 
 
-def external_checksums(chunks: Iterable[bytes], size: int) -> tuple[list[int], int]:
-    """(CRC32C per block, CRC32C of all) of ``size`` bytes, as ``add_external`` wants them."""
+def checksummed_copy(name: str, chunks: Iterable[bytes | memoryview], size: int, write: Callable[[memoryview], object] | None = None) -> tuple[list[int], int]:
+    """Pass exactly ``size`` bytes from ``chunks`` to ``write`` (if any), checksumming them on the way.
+
+    Returns (CRC32C per block, CRC32C of all); WriterError if the chunks hold more or fewer bytes.
+    """
     sums = fmt.Checksummer(size)
     for chunk in chunks:
-        sums.update(memoryview(chunk).cast("B"))
+        view = memoryview(chunk).cast("B")
+        if sums.seen + len(view) > size:
+            raise WriterError(f"member {name!r}: the source gave more than the {size} bytes declared")
+        if write is not None:
+            write(view)
+        sums.update(view)
+    if sums.seen != size:
+        raise WriterError(f"member {name!r}: the source gave {sums.seen} bytes, {size} were declared")
     return sums.finish()
+
+
+def external_checksums(chunks: Iterable[bytes], size: int) -> tuple[list[int], int]:
+    """(CRC32C per block, CRC32C of all) of ``size`` bytes, as ``add_external`` wants them."""
+    return checksummed_copy("external", chunks, size)
