@@ -53,8 +53,9 @@ class Archive:
     Safe to share between threads.
     """
 
-    def __init__(self, storage: Storage, *, cache_bytes: int = 256 << 20, suffix_bytes: int = DEFAULT_SUFFIX) -> None:
+    def __init__(self, storage: Storage, *, cache_bytes: int = 256 << 20, suffix_bytes: int = DEFAULT_SUFFIX, on_cache: Callable[[bool], None] | None = None) -> None:
         self.storage = storage
+        self._on_cache = on_cache
         self.cache_bytes = cache_bytes
         self.suffix_bytes = suffix_bytes
         self._cache: OrderedDict[str, tuple[Reader, int]] = OrderedDict()
@@ -69,7 +70,10 @@ class Archive:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit[0]
+        if self._on_cache is not None:
+            self._on_cache(hit is not None)
+        if hit is not None:
+            return hit[0]
         reader = open_container(StorageSource(self.storage, key), suffix_bytes=self.suffix_bytes, external=self._externals(key))
         cost = _cost(reader)
         with self._lock:
@@ -115,6 +119,26 @@ class Archive:
     def read_many(self, key: str, names: Iterable[str]) -> list[tuple[str, bytes]]:
         wanted = list(names)
         return self._fresh(key, lambda r: list(r.read_many(wanted)))
+
+    def size_hint(self, key: str, name: str) -> int | None:
+        """The member's size from the cached index (no request once the index is cached)."""
+        reader = self.open(key)
+        hint = getattr(reader, "size_hint", None)
+        if hint is not None:
+            return hint(name)
+        member = reader.find(name)
+        return member.size if member else None
+
+    def open_range(self, key: str, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
+        """Metadata and a checked stream of a member's bytes; a replaced container is reopened."""
+
+        def use(reader: Reader) -> tuple[MemberMeta, Iterator[bytes]]:
+            opener = getattr(reader, "open_range", None)
+            if opener is not None:
+                return opener(name, start, stop, chunk_size)
+            return reader.meta(name), iter(reader.iter_range(name, start, stop, chunk_size))
+
+        return self._fresh(key, use)
 
     def iter_range(self, key: str, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Stream bytes of a member. A replacement noticed before the first chunk is retried;

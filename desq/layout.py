@@ -27,8 +27,9 @@ UidKind = Literal["int", "text"]
 
 PREFIX_RE = re.compile(r"[A-Za-z0-9-]+")
 _DATE8_RE = re.compile(r"[0-9]{8}")
-# Characters no name or uid may hold: they would break URL paths, object keys or terminals.
-_FORBIDDEN_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
+# Characters no name or uid may hold: they would break URL paths, object keys or terminals, and
+# U+FFFD, which only ever stands for bytes that were not valid UTF-8.
+_FORBIDDEN_RE = re.compile(r"[/\\\x00-\x1f\x7f\ufffd]")
 _INT_UID_RE = re.compile(r"[0-9]+")
 
 

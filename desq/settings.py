@@ -223,6 +223,7 @@ class WebSettings:
     backends: tuple[str, ...] = opt((), "router: base URLs of files-API instances", check=_check_backends)
     api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=_check_tokens, secret=True)
     original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=_check_original_url)
+    index_cache_bytes: int = opt(256 << 20, "memory for cached container indexes, per files-API worker process", min=0, max=1 << 40)
 
 
 @dataclass(frozen=True)

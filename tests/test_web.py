@@ -19,11 +19,16 @@ def test_healthz(client: FlaskClient) -> None:
     assert response.status_code == 200 and response.json == {"status": "ok"}
 
 
-@pytest.mark.parametrize("path", ["/nope", "/files/../../etc/passwd", "/%00", "/healthz/extra"])
+@pytest.mark.parametrize("path", ["/nope", "/%00", "/healthz/extra", "/files"])
 def test_unknown_paths_are_json_404(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 404 and response.is_json
     assert response.json["error"] == "not_found" and response.json["message"]
+
+
+def test_a_malformed_file_name_is_json_400(client: FlaskClient) -> None:
+    response = client.get("/files/../../etc/passwd")
+    assert response.status_code == 400 and response.json["error"] == "bad_request"
 
 
 def test_wrong_method_is_json_405(client: FlaskClient) -> None:

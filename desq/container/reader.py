@@ -177,9 +177,27 @@ class ContainerReader:
             return None
         return Member(name=name, size=slot.size, offset=0 if slot.external else slot.offset, external=slot.external)
 
+    def size_hint(self, name: str) -> int | None:
+        """The size the index gives ``name`` (no request; confirmed when the member is read)."""
+        slots = self._slots(name)
+        return slots[0].size if len(slots) == 1 else None
+
+    def open_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
+        """A member's metadata and a checked stream of bytes ``[start, stop)``, from one frame read
+        for members of one block (the stream raises before its first byte if they fail a check)."""
+        slot, head, frame = self._find_head(name, whole=lambda s: start == 0 and stop in (None, s.size))
+        stop = slot.size if stop is None else stop
+        if not 0 <= start <= stop <= slot.size:
+            raise ValueError(f"range [{start}, {stop}) is outside member {name!r} of {slot.size} bytes")
+        return self._meta_of(slot, head, frame), self._iter_checked(slot, head, frame, start, stop, chunk_size)
+
     def meta(self, name: str) -> MemberMeta:
         """A member's stored metadata and checksum (one request)."""
         slot, head, frame = self._find_head(name)
+        return self._meta_of(slot, head, frame)
+
+    def _meta_of(self, slot: _Slot, head: fmt.Head, frame: bytes | None) -> MemberMeta:
+        name = head.name
         if frame is None:
             frame = self.source.read(slot.start, slot.end - slot.start) if slot.external else None
         if frame is None:

@@ -1,0 +1,97 @@
+"""The files API's logic without HTTP: from a request's name (and created_at) to a member.
+
+Everything a request asks for is validated here, before any storage request: the name against the
+layout (length, characters, the name-mode date), the uid and created_at in uid mode, and the
+published cutoff. ``web/files.py`` turns the results and errors into HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date
+from urllib.parse import quote
+
+from desq.archive import Archive
+from desq.cutoff import read_published
+from desq.errors import DesqError
+from desq.layout import LayoutError
+from desq.settings import Settings
+
+
+class FilesError(DesqError):
+    """A request the files API answers with an error status and code."""
+
+    status = 500
+    code = "internal_error"
+
+
+class BadRequest(FilesError):
+    status, code = 400, "bad_request"
+
+
+class NotFoundError(FilesError):
+    status, code = 404, "not_found"
+
+
+class NotArchived(FilesError):
+    status, code = 404, "not_archived"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request's file is: a member of a container, or (uid mode, after the cutoff) its original."""
+
+    name: str
+    container: str
+    shard: str
+    original: str | None = None
+
+
+class Cutoff:
+    """The published cutoff, re-read at most every ``ttl`` seconds (the controller moves it nightly)."""
+
+    def __init__(self, archive: Archive, ttl: float = 30.0) -> None:
+        self._archive = archive
+        self._ttl = ttl
+        self._value: date | None = None
+        self._read_at = float("-inf")
+
+    def __call__(self) -> date | None:
+        now = time.monotonic()
+        if now - self._read_at > self._ttl:
+            self._value = read_published(self._archive.storage)
+            self._read_at = now
+        return self._value
+
+
+class FileService:
+    """Resolve requests to members for one deployment."""
+
+    def __init__(self, settings: Settings, archive: Archive, cutoff: Cutoff | None = None) -> None:
+        self.settings = settings
+        self.layout = settings.layout
+        self.archive = archive
+        self.cutoff = cutoff or Cutoff(archive)
+
+    def locate(self, name: str, created_at: str | None) -> Target:
+        """The target of ``/files/<name>`` (uid mode: with ``?created_at=``); FilesError if bad."""
+        try:
+            if self.layout.mode == "name":
+                where = self.layout.locate_name(name)
+            else:
+                if not created_at:
+                    raise BadRequest("uid mode needs ?created_at=YYYY-MM-DD (or ISO 8601)")
+                where = self.layout.locate_uid(name, created_at)
+        except LayoutError as exc:
+            raise BadRequest(str(exc)) from None
+        target = Target(name=where.name, container=where.container, shard=where.shard_hex)
+        if self.layout.mode == "uid":
+            cutoff = self.cutoff()
+            if cutoff is None or where.date > cutoff:
+                template = self.settings.web.original_url
+                if not template:
+                    raise NotArchived(f"{name} was created after the archive cutoff ({cutoff or 'none yet'}); read it from the live store")
+                original = template.format(uid=quote(where.name, safe=""), date=f"{where.date:%Y%m%d}")
+                return Target(name=where.name, container=where.container, shard=where.shard_hex, original=original)
+        return target

@@ -1,0 +1,204 @@
+"""The files API (CONTRACT section 6) through Flask's test client: every answer and error."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from desq.container import ContainerWriter
+from desq.cutoff import publish
+from desq.layout import Layout
+from desq.settings import load_settings
+from desq.storage.local import LocalStorage
+from web import create_app
+
+MiB = 1 << 20
+FILES = {
+    "20251120_1": (b"hello, archive\n", "text/plain"),
+    "20251120_42": (b"", None),
+    "20251120_big": (os.urandom(3 * MiB + 11), "application/pdf"),
+    "20251120_zażółć": ("gęś".encode(), "text/plain; charset=utf-8"),
+}
+
+
+def build_archive(root: Path, files: dict[str, tuple[bytes, str | None]], layout: Layout) -> dict[str, str]:
+    """Containers holding ``files`` where the layout puts them; returns name -> container key."""
+    by_key: dict[str, list[str]] = {}
+    for name in files:
+        by_key.setdefault(layout.locate_name(name).container if layout.mode == "name" else "", []).append(name)
+    storage = LocalStorage(root)
+    for key, names in by_key.items():
+        out = io.BytesIO()
+        with ContainerWriter(out) as w:
+            for name in names:
+                data, kind = files[name]
+                w.add(name, data, content_type=kind)
+        storage.put(key, out.getvalue())
+    return {n: k for k, ns in by_key.items() for n in ns}
+
+
+@pytest.fixture
+def archive_dir(tmp_path: Path) -> Path:
+    build_archive(tmp_path / "archive", FILES, load_settings(env={}).layout)
+    return tmp_path / "archive"
+
+
+def client_for(archive_dir: Path, **env: str) -> FlaskClient:
+    return create_app(load_settings(env={"DESQ_ARCHIVE_URL": str(archive_dir)} | env)).test_client()
+
+
+@pytest.fixture
+def client(archive_dir: Path) -> FlaskClient:
+    return client_for(archive_dir)
+
+
+def storage_requests(client: FlaskClient) -> int:
+    return len(client.application.extensions["desq.files"].archive.storage.requests)
+
+
+def test_a_whole_file(client: FlaskClient) -> None:
+    r = client.get("/files/20251120_1")
+    assert r.status_code == 200 and r.data == b"hello, archive\n"
+    assert r.headers["Content-Type"].startswith("text/plain") and r.headers["Content-Length"] == "15"
+    assert r.headers["Accept-Ranges"] == "bytes" and r.headers["ETag"].startswith('"') and not r.headers["ETag"].startswith("W/")
+    big = client.get("/files/20251120_big")
+    assert big.data == FILES["20251120_big"][0] and big.headers["Content-Type"] == "application/pdf"
+    empty = client.get("/files/20251120_42")
+    assert (empty.status_code, empty.data, empty.headers["Content-Type"]) == (200, b"", "application/octet-stream")
+    assert client.get("/files/20251120_zażółć").data == "gęś".encode()
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "stop"),
+    [("bytes=0-4", 0, 5), ("bytes=7-", 7, 15), ("bytes=-6", 9, 15), ("bytes=3-100", 3, 15), ("bytes=14-14", 14, 15)],
+)
+def test_ranges(client: FlaskClient, header: str, start: int, stop: int) -> None:
+    r = client.get("/files/20251120_1", headers={"Range": header})
+    assert r.status_code == 206 and r.data == b"hello, archive\n"[start:stop]
+    assert r.headers["Content-Range"] == f"bytes {start}-{stop - 1}/15" and r.headers["Content-Length"] == str(stop - start)
+
+
+def test_ranges_of_a_big_file(client: FlaskClient) -> None:
+    blob = FILES["20251120_big"][0]
+    for header, part in (("bytes=1048570-2097160", blob[1048570:2097161]), ("bytes=-100", blob[-100:]), (f"bytes={3 * MiB}-", blob[3 * MiB :])):
+        assert client.get("/files/20251120_big", headers={"Range": header}).data == part
+
+
+def test_unsatisfiable_and_multiple_ranges(client: FlaskClient) -> None:
+    r = client.get("/files/20251120_1", headers={"Range": "bytes=15-20"})
+    assert r.status_code == 416 and r.json["error"] == "bad_range" and r.headers["Content-Range"] == "bytes */15"
+    multi = client.get("/files/20251120_1", headers={"Range": "bytes=0-1,4-5"})
+    assert multi.status_code == 200 and multi.data == b"hello, archive\n"  # RFC 9110: a server may ignore Range
+    junk = client.get("/files/20251120_1", headers={"Range": "lines=1-2"})
+    assert junk.status_code == 200 and junk.data == b"hello, archive\n"
+
+
+def test_conditional_and_head(client: FlaskClient) -> None:
+    etag = client.get("/files/20251120_1").headers["ETag"]
+    r = client.get("/files/20251120_1", headers={"If-None-Match": etag})
+    assert r.status_code == 304 and r.data == b"" and r.headers["ETag"] == etag
+    assert client.get("/files/20251120_1", headers={"If-None-Match": '"other"'}).status_code == 200
+    head = client.head("/files/20251120_big")
+    assert head.status_code == 200 and head.data == b"" and head.headers["Content-Length"] == str(3 * MiB + 11)
+
+
+def test_meta(client: FlaskClient) -> None:
+    meta = client.get("/meta/20251120_1").json
+    assert list(meta) == ["name", "size", "content_type", "etag", "container", "shard", "offset"]
+    assert (meta["name"], meta["size"], meta["container"], meta["shard"]) == ("20251120_1", 15, "20251120/FE.des", "FE")
+    assert meta["etag"] == client.get("/files/20251120_1").headers["ETag"] and meta["offset"] > 16
+
+
+def test_not_found(client: FlaskClient) -> None:
+    for path in ("/files/20251120_2", "/files/20240101_1", "/meta/20251120_2"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd", "/files/..%2fetc", "/files/20251120_1%00",
+        "/files/20251120_%ff%fe", "/files/" + "a" * 10_000, "/files/20251340_1", "/files/20251120_", "/files/x",
+        "/files/20251120_1/..", "/files/20251120_a%5cb", "/meta/..%2f..%2fx", "/files/%20", "/files/20251120_%0a",
+    ],
+)
+def test_hostile_names_are_4xx_and_read_nothing(client: FlaskClient, path: str) -> None:
+    r = client.get(path)
+    assert 400 <= r.status_code < 500 and r.is_json and r.json["error"] in ("bad_request", "not_found")
+    assert storage_requests(client) == 0
+
+
+def test_a_corrupted_member_sends_none_of_its_bytes(archive_dir: Path) -> None:
+    key = archive_dir / "20251120" / "FE.des"
+    data = bytearray(key.read_bytes())
+    data[data.index(b"hello, archive")] ^= 0x01
+    key.write_bytes(bytes(data))
+    r = client_for(archive_dir).get("/files/20251120_1")
+    assert r.status_code == 500 and r.json["error"] == "integrity_error" and b"ello, archive" not in r.data
+
+
+def test_a_warm_read_is_one_storage_request(client: FlaskClient) -> None:
+    client.get("/files/20251120_1")
+    before = storage_requests(client)
+    for header in ({}, {"Range": "bytes=2-5"}):
+        client.get("/files/20251120_1", headers=header)
+    client.head("/files/20251120_1")
+    assert storage_requests(client) - before == 3
+    metrics = client.get("/metrics").data.decode()
+    assert 'desq_index_cache_total{result="hit"}' in metrics and "desq_storage_requests_total" in metrics
+
+
+def test_tokens(archive_dir: Path) -> None:
+    token = "tok-0123456789abcdef"
+    client = client_for(archive_dir, DESQ_WEB_API_TOKENS=f"other-token-xxxxxxx,{token}")
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0000000"}, {"Authorization": token}, {"Authorization": f"Basic {token}"}):
+        r = client.get("/files/20251120_1", headers=headers)
+        assert r.status_code == 401 and r.json["error"] == "unauthorized" and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/files/20251120_1", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.get("/meta/20251120_1").status_code == 401
+    assert client.get("/healthz").status_code == client.get("/metrics").status_code == client.get("/readyz").status_code == 200
+
+
+def test_uid_mode_and_the_cutoff(tmp_path: Path) -> None:
+    env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a")}
+    layout = load_settings(env=env).layout
+    where = layout.locate_uid("123456789", "2025-11-20")
+    out = io.BytesIO()
+    with ContainerWriter(out) as w:
+        w.add("123456789", b"uid file")
+    storage = LocalStorage(tmp_path / "a")
+    storage.put(where.container, out.getvalue())
+    client = create_app(load_settings(env=env)).test_client()
+    assert client.get("/files/123456789").status_code == 400  # created_at is required
+    assert client.get("/files/123456789?created_at=someday").status_code == 400
+    assert client.get("/files/abc?created_at=2025-11-20").status_code == 400  # int uids only
+    r = client.get("/files/123456789?created_at=2025-11-20")
+    assert r.status_code == 404 and r.json["error"] == "not_archived"  # no cutoff published yet
+    publish(storage, __import__("datetime").date(2025, 11, 20))
+    client = create_app(load_settings(env=env)).test_client()
+    assert client.get("/files/123456789?created_at=2025-11-20T10:00:00Z").data == b"uid file"
+    assert client.get("/files/999?created_at=2025-11-21").json["error"] == "not_archived"
+    live = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": "https://live.example/files/{uid}?day={date}"})).test_client()
+    r = live.get("/files/999?created_at=2025-11-21")
+    assert r.status_code == 307 and r.headers["Location"] == "https://live.example/files/999?day=20251121"
+
+
+def test_storage_down_is_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    client = create_app(load_settings(env={"DESQ_ARCHIVE_URL": "s3://abc/x", "DESQ_ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:1"}), storage=None).test_client()
+    r = client.get("/files/20251120_1")
+    assert r.status_code == 503 and r.json["error"] == "unavailable"
+    assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200
+
+
+def test_openapi_lists_the_surface(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json
+    assert {"/files/{name}", "/meta/{name}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert json.dumps(spec)

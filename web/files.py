@@ -1,0 +1,131 @@
+"""``GET``/``HEAD /files/<name>`` and ``GET /meta/<name>`` (CONTRACT section 6).
+
+Ranges, If-None-Match and 416 follow werkzeug's parsing of the request over a view of the member
+(its first byte is offset 0, its size the complete length); only the bytes asked for are read from
+storage, streamed, and each block is checked before it is sent. A multi-range request is answered
+with the whole file, which RFC 9110 allows a server to do.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from werkzeug.datastructures import ContentRange
+
+from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
+from desq.files import FileService, FilesError, NotFoundError
+from desq.storage import NotFound, StorageError, StorageUnavailable
+from web import metrics
+from web.errors import error_response
+
+files = Blueprint("files", __name__)
+
+
+def service() -> FileService:
+    return current_app.extensions["desq.files"]
+
+
+@files.before_request
+def require_token() -> Response | None:
+    tokens = current_app.extensions["desq.settings"].web.api_tokens
+    if not tokens:
+        return None
+    header = request.headers.get("Authorization", "")
+    given = header[7:].encode() if header.startswith("Bearer ") else b""
+    # Compare against every token, whatever matches, so timing says nothing about which one.
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(given, token.encode())
+    if ok:
+        return None
+    response = error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="desq"'
+    return response
+
+
+def _etag(meta: Any) -> str:
+    if meta.checksum is not None:
+        return f"{meta.checksum:08x}-{meta.size:x}"
+    return f"v1-{meta.size:x}-{abs(hash((meta.name, meta.size))) & 0xFFFFFFFF:08x}"
+
+
+def _failure(exc: Exception) -> Response:
+    if isinstance(exc, FilesError):
+        return error_response(exc.status, exc.code, str(exc))
+    if isinstance(exc, (MemberNotFound, NotFound)):
+        return error_response(404, "not_found", "no such file in the archive")
+    if isinstance(exc, (ChecksumMismatch, CorruptContainer)):
+        current_app.logger.error("integrity error: %s", exc)
+        return error_response(500, "integrity_error", "the stored file failed its checksum; no bytes were sent")
+    if isinstance(exc, (StorageUnavailable, StorageError)):
+        current_app.logger.warning("storage unavailable: %s", exc)
+        return error_response(503, "unavailable", "the archive storage did not answer; try again")
+    if isinstance(exc, ContainerError):
+        return error_response(500, "integrity_error", str(exc))
+    raise exc
+
+
+@files.route("/files/<path:name>", methods=["GET", "HEAD"])
+def get_file(name: str) -> Response:
+    try:
+        target = service().locate(name, request.args.get("created_at"))
+        if target.original is not None:
+            return redirect(target.original, code=307)
+        archive = service().archive
+        size = archive.size_hint(target.container, target.name)
+        start, stop, partial = 0, None, False
+        ranges = request.range
+        if ranges is not None and ranges.units == "bytes" and len(ranges.ranges) == 1 and size is not None:
+            bounds = ranges.range_for_length(size)
+            if bounds is None:
+                response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
+                response.headers["Content-Range"] = ContentRange("bytes", None, None, size).to_header()
+                return response
+            (start, stop), partial = bounds, True
+        meta, chunks = archive.open_range(target.container, target.name, start, stop)
+        etag = _etag(meta)
+        if request.if_none_match.contains(etag):
+            response = Response(status=304)
+            response.set_etag(etag)
+            return response
+        stop = meta.size if stop is None else stop
+        first = next(chunks, b"") if request.method != "HEAD" else b""
+    except Exception as exc:  # noqa: BLE001 - mapped to the contract's errors, re-raised if unknown
+        return _failure(exc)
+
+    def body() -> Iterator[bytes]:
+        if first:
+            yield first
+        served = len(first)
+        for chunk in chunks:
+            served += len(chunk)
+            yield chunk
+        metrics.BYTES.inc(served)
+
+    response = Response(body() if request.method != "HEAD" else b"", status=206 if partial else 200, mimetype=meta.content_type or "application/octet-stream", direct_passthrough=True)
+    response.headers["Content-Length"] = str(stop - start)
+    response.headers["Accept-Ranges"] = "bytes"
+    response.set_etag(etag)
+    if partial:
+        response.headers["Content-Range"] = ContentRange("bytes", start, stop, meta.size).to_header()
+    return response
+
+
+@files.get("/meta/<path:name>")
+def get_meta(name: str) -> Response:
+    try:
+        target = service().locate(name, request.args.get("created_at"))
+        if target.original is not None:
+            raise NotFoundError(f"{name} is not in the archive yet (created after the cutoff)")
+        archive = service().archive
+        meta = archive.meta(target.container, target.name)
+        member = archive.find(target.container, target.name)
+    except Exception as exc:  # noqa: BLE001
+        return _failure(exc)
+    return jsonify(
+        name=target.name, size=meta.size, content_type=meta.content_type or "application/octet-stream", etag=f'"{_etag(meta)}"',
+        container=target.container, shard=target.shard, offset=member.offset if member else None,
+    )

@@ -1,0 +1,71 @@
+"""The OpenAPI document of the HTTP surface, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from desq import __version__
+
+openapi = Blueprint("openapi", __name__)
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_NAME = {"name": "name", "in": "path", "required": True, "description": "name-mode name, or the uid in uid mode", "schema": {"type": "string"}}
+_CREATED = {"name": "created_at", "in": "query", "required": False, "description": "uid mode: YYYY-MM-DD or ISO 8601", "schema": {"type": "string"}}
+_AUTH: list[dict[str, list[str]]] = [{}, {"bearer": []}]
+
+
+def _file_op(summary: str, body: bool) -> dict[str, Any]:
+    ok = {"description": "the file", "headers": {"ETag": {"schema": {"type": "string"}}, "Accept-Ranges": {"schema": {"type": "string"}}}}
+    if body:
+        ok["content"] = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "summary": summary,
+        "parameters": [_NAME, _CREATED, {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}}, {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}],
+        "security": _AUTH,
+        "responses": {
+            "200": ok, "206": ok | {"description": "part of the file"}, "304": {"description": "not modified"},
+            "307": {"description": "uid mode: not archived yet, read it from the original"},
+            "400": _ERROR, "401": _ERROR, "404": _ERROR, "416": _ERROR, "500": _ERROR, "503": _ERROR,
+        },
+    }
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "desq files API", "version": __version__},
+    "paths": {
+        "/files/{name}": {"get": _file_op("one archived file, whole or a range", True), "head": _file_op("the headers of that file", False)},
+        "/meta/{name}": {
+            "get": {
+                "summary": "where a file is and what it is",
+                "parameters": [_NAME, _CREATED],
+                "security": _AUTH,
+                "responses": {"200": {"description": "metadata", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Meta"}}}}, "400": _ERROR, "401": _ERROR, "404": _ERROR, "500": _ERROR, "503": _ERROR},
+            }
+        },
+        "/healthz": {"get": {"summary": "the process is up", "responses": {"200": {"description": "up"}}}},
+        "/readyz": {"get": {"summary": "the storage answers", "responses": {"200": {"description": "ready"}, "503": _ERROR}}},
+        "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+            "Meta": {
+                "type": "object",
+                "required": ["name", "size", "content_type", "etag", "container", "shard", "offset"],
+                "properties": {
+                    "name": {"type": "string"}, "size": {"type": "integer"}, "content_type": {"type": "string"}, "etag": {"type": "string"},
+                    "container": {"type": "string"}, "shard": {"type": "string"}, "offset": {"type": "integer", "nullable": True},
+                },
+            },
+        },
+    },
+}
+
+
+@openapi.get("/openapi.json")
+def spec() -> Response:
+    return jsonify(SPEC)
