@@ -1,12 +1,15 @@
-"""gunicorn settings for the files API and the router: ``gunicorn -c deploy/gunicorn.conf.py 'web:create_app()'``.
+"""gunicorn settings for the files API: ``gunicorn -c deploy/gunicorn.conf.py 'web:create_app()'``.
 
 Tunable through the usual variables: ``PORT`` (or ``BIND``), ``WEB_CONCURRENCY`` (worker processes),
 ``WEB_THREADS`` (threads per worker). Reads are I/O-bound (storage range requests), so each worker
-runs threads; ``GUNICORN_CMD_ARGS`` overrides anything here.
+runs threads; ``GUNICORN_CMD_ARGS`` overrides anything here. Prometheus metrics are collected across
+workers in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh folder per start unless given).
 """
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
@@ -17,7 +20,28 @@ graceful_timeout = 30
 keepalive = 5
 max_requests = 100_000  # recycle workers now and then, staggered so they never restart together
 max_requests_jitter = 10_000
+# gunicorn's largest; names are at most 255 bytes, so a longer request line is refused with 414
+# before it reaches the app (anything shorter that is malformed gets the app's JSON 400).
+limit_request_line = 8190
 accesslog = "-"
 errorlog = "-"
-# No query strings in the access log: uid-mode requests carry created_at there, tokens never.
+# No query strings and no headers in the access log: created_at stays out, tokens never get in.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_own_metrics_dir = _metrics_dir is None
+if _own_metrics_dir:
+    _metrics_dir = tempfile.mkdtemp(prefix="desq-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+    """Drop a dead worker's live gauges from the shared metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201
+    if _own_metrics_dir and _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -329,6 +329,21 @@ def recover(settings: Settings) -> None:
     click.echo(recover_pipeline(settings).summary())
 
 
+@main.command()
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--role", type=click.Choice(["files", "router"]), default="files", show_default=True)
+@needs_settings
+def serve(settings: Settings, host: str, port: int, role: str) -> None:
+    """Run the web app with the development server (production: gunicorn, deploy/gunicorn.conf.py)."""
+    if role == "router":
+        raise DesqError("the router role is not built yet; run --role files behind your own proxy")
+    from web import create_app
+
+    create_app(settings).run(host=host, port=port, threaded=True)
+
+
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
     """Verify one container, printing a BAD line a problem: (problems, members, format version)."""
     try:
