@@ -12,14 +12,22 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from desq.container import Member, MemberMeta, Reader, open_container
+from desq.container import ContainerError, ContainerReader, Member, MemberMeta, Reader, open_container
 from desq.container.writer import checksummed_copy
 from desq.container.reader import DEFAULT_SUFFIX
 from desq.storage import ObjectInfo, StaleObject, Storage, join_key
 
 T = TypeVar("T")
+
+
+class IndexTier(Protocol):
+    """A cache of container indexes shared between processes (e.g. RedisIndexTier)."""
+
+    def get(self, key: str) -> tuple[str, bytes] | None: ...  # noqa: D102
+    def put(self, key: str, etag: str, blob: bytes) -> None: ...  # noqa: D102
+    def drop(self, key: str) -> None: ...  # noqa: D102
 
 
 class StorageSource:
@@ -53,9 +61,18 @@ class Archive:
     Safe to share between threads.
     """
 
-    def __init__(self, storage: Storage, *, cache_bytes: int = 256 << 20, suffix_bytes: int = DEFAULT_SUFFIX, on_cache: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        cache_bytes: int = 256 << 20,
+        suffix_bytes: int = DEFAULT_SUFFIX,
+        on_cache: Callable[[bool], None] | None = None,
+        shared: IndexTier | None = None,
+    ) -> None:
         self.storage = storage
         self._on_cache = on_cache
+        self._shared = shared
         self.cache_bytes = cache_bytes
         self.suffix_bytes = suffix_bytes
         self._cache: OrderedDict[str, tuple[Reader, int]] = OrderedDict()
@@ -74,7 +91,12 @@ class Archive:
             self._on_cache(hit is not None)
         if hit is not None:
             return hit[0]
-        reader = open_container(StorageSource(self.storage, key), suffix_bytes=self.suffix_bytes, external=self._externals(key))
+        reader = self._from_shared(key)
+        if reader is None:
+            source = StorageSource(self.storage, key)
+            reader = open_container(source, suffix_bytes=self.suffix_bytes, external=self._externals(key))
+            if self._shared is not None and isinstance(reader, ContainerReader) and source.etag:
+                self._shared.put(key, source.etag, reader.index_blob)
         cost = _cost(reader)
         with self._lock:
             old = self._cache.pop(key, None)
@@ -88,8 +110,23 @@ class Archive:
                     self._cached -= dropped
         return reader
 
+    def _from_shared(self, key: str) -> Reader | None:
+        if self._shared is None:
+            return None
+        entry = self._shared.get(key)
+        if entry is None:
+            return None
+        etag, blob = entry
+        try:
+            return ContainerReader.from_index(StorageSource(self.storage, key, etag), blob, external=self._externals(key))
+        except ContainerError:
+            self._shared.drop(key)
+            return None
+
     def invalidate(self, key: str) -> None:
-        """Forget the cached index of ``key``."""
+        """Forget the cached index of ``key`` (here and in the shared tier)."""
+        if self._shared is not None:
+            self._shared.drop(key)
         with self._lock:
             old = self._cache.pop(key, None)
             if old is not None:

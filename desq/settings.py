@@ -224,6 +224,7 @@ class WebSettings:
     api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=_check_tokens, secret=True)
     original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=_check_original_url)
     index_cache_bytes: int = opt(256 << 20, "memory for cached container indexes, per files-API worker process", min=0, max=1 << 40)
+    index_cache_url: str = opt("", "redis://... for a cache of indexes shared by all workers; empty: none", check=_check_broker_url)
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,9 @@ def test_tokens(archive_dir: Path) -> None:
     assert client.get("/healthz").status_code == client.get("/metrics").status_code == client.get("/readyz").status_code == 200
 
 
-def test_uid_mode_and_the_cutoff(tmp_path: Path) -> None:
+def test_uid_mode_and_the_cutoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
     env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a")}
     layout = load_settings(env=env).layout
     where = layout.locate_uid("123456789", "2025-11-20")
@@ -187,6 +189,15 @@ def test_uid_mode_and_the_cutoff(tmp_path: Path) -> None:
     live = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": "https://live.example/files/{uid}?day={date}"})).test_client()
     r = live.get("/files/999?created_at=2025-11-21")
     assert r.status_code == 307 and r.headers["Location"] == "https://live.example/files/999?day=20251121"
+    s3 = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": "s3://live-bucket/docs/{uid}", "DESQ_ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:1"})).test_client()
+    location = s3.get("/files/999?created_at=2025-11-21").headers["Location"]
+    assert location.startswith("http://127.0.0.1:1/live-bucket/docs/999?") and "Signature" in location
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "999").write_bytes(b"still live")
+    local = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": f"file://{tmp_path}/live/{{uid}}"})).test_client()
+    assert local.get("/files/999?created_at=2025-11-21").data == b"still live"
+    assert local.get("/files/999?created_at=2025-11-21", headers={"Range": "bytes=6-"}).data == b"live"
+    assert local.get("/files/998?created_at=2025-11-21").status_code == 404
 
 
 def test_storage_down_is_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from flask import Flask
 
 from desq.archive import Archive
 from desq.files import FileService
+from desq.index_cache import RedisIndexTier
 from desq.settings import Settings, load_settings
 from desq.storage import Storage, storage_for
 from desq.storage.counting import CountingStorage
@@ -22,7 +23,8 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     app = Flask("desq")
     app.extensions["desq.settings"] = settings
     counted = CountingStorage(storage or storage_for(settings, max_pool_connections=64), on_request=metrics.storage_request)
-    archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event)
+    shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
+    archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
     app.extensions["desq.files"] = FileService(settings, archive)
     app.json.sort_keys = False  # keep JSON answers in the order the contract lists their keys
     register_error_handlers(app)

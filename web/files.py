@@ -9,15 +9,18 @@ with the whole file, which RFC 9110 allows a server to do.
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file
 from werkzeug.datastructures import ContentRange
 
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
 from desq.files import FileService, FilesError, NotFoundError
 from desq.storage import NotFound, StorageError, StorageUnavailable
+from desq.storage.s3 import s3_client
 from web import metrics
 from web.errors import error_response
 
@@ -68,12 +71,28 @@ def _failure(exc: Exception) -> Response:
     raise exc
 
 
+def _original(url: str) -> Response:
+    """uid mode, a file newer than the cutoff: a 307 to where it lives (S3: a presigned URL), or
+    for a file:// original, the file itself (Range and ETag by werkzeug)."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        settings = current_app.extensions["desq.settings"]
+        client = s3_client(settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url)
+        url = client.generate_presigned_url("get_object", Params={"Bucket": parts.netloc, "Key": unquote(parts.path.lstrip("/"))}, ExpiresIn=900)
+    elif parts.scheme == "file":
+        path = unquote(parts.path)
+        if not os.path.isfile(path):
+            return error_response(404, "not_found", "the original is not there")
+        return send_file(path, conditional=True, etag=True)
+    return redirect(url, code=307)
+
+
 @files.route("/files/<path:name>", methods=["GET", "HEAD"])
 def get_file(name: str) -> Response:
     try:
         target = service().locate(name, request.args.get("created_at"))
         if target.original is not None:
-            return redirect(target.original, code=307)
+            return _original(target.original)
         archive = service().archive
         size = archive.size_hint(target.container, target.name)
         start, stop, partial = 0, None, False
