@@ -39,6 +39,15 @@ def generated(size: int, digest: "hashlib._Hash") -> Iterator[bytes]:
         yield chunk
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries that across execve, so a child of a
+    big process (a test run) would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -68,7 +77,7 @@ def main() -> None:
         got += len(chunk)
     served = time.perf_counter() - t0
     ranged = b"".join(archive.iter_range(key, "20251120_big", size // 2, size // 2 + 100))
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = peak_rss_kib()
     print(json.dumps({
         "bytes": size,
         "same_bytes": got == size and read.digest() == written.digest(),
