@@ -337,11 +337,9 @@ def recover(settings: Settings) -> None:
 @needs_settings
 def serve(settings: Settings, host: str, port: int, role: str) -> None:
     """Run the web app with the development server (production: gunicorn, deploy/gunicorn.conf.py)."""
-    if role == "router":
-        raise DesqError("the router role is not built yet; run --role files behind your own proxy")
     from web import create_app
 
-    create_app(settings).run(host=host, port=port, threaded=True)
+    create_app(settings, role=role).run(host=host, port=port, threaded=True)
 
 
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:

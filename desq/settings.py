@@ -224,6 +224,9 @@ class WebSettings:
     api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=_check_tokens, secret=True)
     original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=_check_original_url)
     index_cache_bytes: int = opt(256 << 20, "memory for cached container indexes, per files-API worker process", min=0, max=1 << 40)
+    registry_url: str = opt("", "redis://... where files-API instances announce themselves to routers; empty: only web.backends", check=_check_broker_url)
+    advertise_url: str = opt("", "files API: the base URL under which this instance announces itself in the registry", check=_check_optional_http_url)
+    health_interval: int = opt(5, "router: seconds between health checks of each backend", min=1, max=3600)
     index_cache_url: str = opt("", "redis://... for a cache of indexes shared by all workers; empty: none", check=_check_broker_url)
 
 

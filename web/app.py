@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from flask import Flask
 
 from desq.archive import Archive
@@ -17,18 +19,32 @@ from web.health import health
 from web.openapi import openapi
 
 
-def create_app(settings: Settings | None = None, *, storage: Storage | None = None) -> Flask:
-    """The files API for ``settings`` (default: loaded from ``--config``/``DESQ_*``)."""
+def create_app(settings: Settings | None = None, *, storage: Storage | None = None, role: str = "files") -> Flask:
+    """The files API (``role="files"``) or the router (``role="router"``) for ``settings``."""
     settings = settings or load_settings()
     app = Flask("desq")
     app.extensions["desq.settings"] = settings
+    app.json.sort_keys = False
+    register_error_handlers(app)
+    metrics.instrument(app)
+    if role == "router":
+        from web import router
+
+        router.install(app, settings)
+        for blueprint in (metrics.metrics, openapi):
+            app.register_blueprint(blueprint)
+        app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
+        return app
+    if role != "files":
+        raise ValueError(f"role must be 'files' or 'router', got {role!r}")
     counted = CountingStorage(storage or storage_for(settings, max_pool_connections=64), on_request=metrics.storage_request)
     shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
     archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
     app.extensions["desq.files"] = FileService(settings, archive)
-    app.json.sort_keys = False  # keep JSON answers in the order the contract lists their keys
-    register_error_handlers(app)
-    metrics.instrument(app)
+    if settings.web.registry_url and settings.web.advertise_url:
+        from web.router import announce
+
+        app.extensions["desq.heartbeat"] = announce(settings.web.registry_url, settings.web.advertise_url, settings.web.health_interval, threading.Event())
     for blueprint in (health, files, metrics.metrics, openapi):
         app.register_blueprint(blueprint)
     return app
