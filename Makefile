@@ -19,9 +19,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/desq config
-	$(BIN)/desq queues
-	$(BIN)/desq locate 20251120_1
+	$(BIN)/desq demo
 
 services: $(VENV)/.installed-dev
 	VENV=$(VENV) tests/services.sh up

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import time
 import traceback
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -340,6 +341,73 @@ def serve(settings: Settings, host: str, port: int, role: str) -> None:
     from web import create_app
 
     create_app(settings, role=role).run(host=host, port=port, threaded=True)
+
+
+@main.command()
+@common_options
+@click.option("--files", "count", default=10_000, show_default=True, type=click.IntRange(20, 1_000_000), help="How many sample files.")
+@click.option("--serve", is_flag=True, help="Keep the web app up after the demo, until Ctrl-C.")
+def demo(count: int, serve: bool) -> None:
+    """The whole system on the embedded default: sample files, workers, a night, reads over HTTP."""
+    from desq.demo import run as run_demo
+
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, desc="packed", unit="file", leave=False)
+    last = [0.0, -1]
+
+    def show(done: int, total: int) -> None:
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+        elif done != last[1] and (time.monotonic() - last[0] > 5 or done == total):
+            click.echo(f"packed: {done}/{total}", err=True)
+            last[0], last[1] = time.monotonic(), done
+
+    try:
+        run_demo(count, serve, click.echo, show)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@main.command()
+@common_options
+@click.argument("name")
+@click.option("--created-at", metavar="DATE", help="uid mode: the file's created_at.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
+@needs_settings
+def get(settings: Settings, name: str, created_at: str | None, output: str | None) -> None:
+    """Write one archived file to stdout or FILE, checked against its checksums."""
+    from desq.files import FileService, FilesError
+
+    service = FileService(settings, Archive(storage_for(settings)))
+    try:
+        target = service.locate(name, created_at)
+    except FilesError as exc:
+        raise DesqError(str(exc)) from None
+    if target.original is not None:
+        raise DesqError(f"{name} is not archived yet (created after the cutoff); it is at {target.original}")
+    try:
+        _, chunks = service.archive.open_range(target.container, target.name)
+        first = next(chunks, b"")
+    except NotFound:
+        raise DesqError(f"{name} is not in the archive ({target.container} has no such file)") from None
+    if output:
+        partial = Path(output).with_name(f".{Path(output).name}.partial")
+        with open(partial, "wb") as fh:
+            fh.write(first)
+            for chunk in chunks:
+                fh.write(chunk)
+        partial.replace(output)
+    else:
+        out = sys.stdout.buffer
+        out.write(first)
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
 
 
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
