@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -408,6 +409,24 @@ def get(settings: Settings, name: str, created_at: str | None, output: str | Non
         for chunk in chunks:
             out.write(chunk)
         out.flush()
+
+
+@main.command()
+@common_options
+@click.option("--quick", is_flag=True, help="Small sizes and few repeats (what CI runs).")
+@click.option("--json", "json_path", metavar="FILE", help="Also write the results here.")
+@click.option("--pg", metavar="URL", help="PostgreSQL for the marker benchmarks.")
+@click.option("--s3", metavar="ENDPOINT", help="S3 test server for the S3 benchmarks.")
+def bench(quick: bool, json_path: str | None, pg: str | None, s3: str | None) -> None:
+    """Run the benchmarks of BENCHMARKS.md beside their anchors (from a checkout: bench/)."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+    if not script.is_file():
+        raise DesqError("desq bench runs from a checkout of desq (it needs bench/)")
+    args = [sys.executable, str(script)] + (["--quick"] if quick else []) + (["--json", json_path] if json_path else [])
+    args += (["--pg", pg] if pg else []) + (["--s3", s3] if s3 else [])
+    code = subprocess.call(args)
+    if code:
+        raise DesqError("a benchmark failed; see its row in bench/results/latest.md")
 
 
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:

@@ -1,0 +1,27 @@
+"""``desq bench --quick`` produces every figure it knows how to measure (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.integration
+def test_quick_bench_produces_its_figures(tmp_path: Path, pg_url: str, s3_endpoint: str, aws_env: None) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [str(BIN / "desq"), "bench", "--quick", "--json", str(out), "--pg", pg_url, "--s3", s3_endpoint],
+        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if not k.startswith("DESQ_")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(out.read_text())
+    for name, figures in document["results"].items():
+        assert "figure" in figures and "ratio" in figures and "goal" in figures, (name, figures)
+    assert "| benchmark | desq | anchor |" in result.stdout
