@@ -24,6 +24,7 @@ from desq.archive import Archive
 from desq.layout import container_key, shard_of_name
 from desq.settings import load_settings
 from desq.storage.local import LocalStorage
+from procs import children
 
 BIN = Path(sys.executable).parent
 TODAY = "2025-11-28"
@@ -156,18 +157,6 @@ def test_a_night_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url:
         night.close()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def test_a_packer_killed_mid_pack_leaves_nothing_half_done(tmp_path: Path, redis_url: str, pg_url: str) -> None:
     import signal
 
@@ -187,7 +176,7 @@ def test_a_packer_killed_mid_pack_leaves_nothing_half_done(tmp_path: Path, redis
         while not list((tmp_path / "archive").rglob(".desq-upload-*")):
             assert time.monotonic() < deadline, night.logs()
             time.sleep(0.01)
-        (child,) = _children(packer.pid)
+        (child,) = children(packer.pid)
         os.kill(child, signal.SIGKILL)
         day = night.contents[1][0]
         key = container_key(day, shard_of_name(f"{day:%Y%m%d}_1", 8), 8)

@@ -12,23 +12,13 @@ import time
 from pathlib import Path
 
 
+from procs import session_members
+
 BIN = Path(sys.executable).parent
 
 
 def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DESQ_")}
-
-
-def session_processes(sid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_the_demo_twice_then_get_and_locate(tmp_path: Path) -> None:
@@ -74,6 +64,6 @@ def test_ctrl_c_while_serving_leaves_no_process(tmp_path: Path) -> None:
     os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     demo.wait(timeout=60)
     deadline = time.monotonic() + 30
-    while session_processes(demo.pid) and time.monotonic() < deadline:
+    while session_members(demo.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert session_processes(demo.pid) == []
+    assert session_members(demo.pid) == []

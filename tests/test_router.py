@@ -19,6 +19,7 @@ from desq.archive import store_external
 from desq.container import ContainerWriter
 from desq.settings import load_settings
 from desq.storage.local import LocalStorage
+from procs import children
 from test_files_gunicorn import free_port, get
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +46,9 @@ class Gunicorn:
             time.sleep(0.2)
 
     def worker_pid(self) -> int:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    return int(stat.parent.name)
-            except (OSError, ValueError):
-                continue
-        raise AssertionError("no gunicorn worker")
+        workers = children(self.process.pid)
+        assert workers, "no gunicorn worker"
+        return workers[0]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
