@@ -130,6 +130,13 @@ class Night:
         self.engine.dispose()
 
 
+def fresh_redis(redis_url: str, db: int) -> str:
+    """An emptied Redis database of its own for one test's broker."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    subprocess.run(["redis-cli", "-u", url, "FLUSHDB"], check=True, capture_output=True)
+    return url
+
+
 def run_night(night: Night, files: int, days: int, timeout: float) -> None:
     night.add(files, days)
     night.start("control", "desq")
@@ -148,8 +155,7 @@ def test_a_night_on_the_embedded_broker(tmp_path: Path) -> None:
 
 
 def test_a_night_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url: str) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/5"
-    subprocess.run(["redis-cli", "-u", broker, "FLUSHDB"], check=True, capture_output=True)
+    broker = fresh_redis(redis_url, 5)
     night = Night(tmp_path, pg_url, {"DESQ_BROKER_URL": broker})
     try:
         run_night(night, files=20_000, days=4, timeout=900)
@@ -160,8 +166,7 @@ def test_a_night_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url:
 def test_a_packer_killed_mid_pack_leaves_nothing_half_done(tmp_path: Path, redis_url: str, pg_url: str) -> None:
     import signal
 
-    broker = redis_url.rsplit("/", 1)[0] + "/6"
-    subprocess.run(["redis-cli", "-u", broker, "FLUSHDB"], check=True, capture_output=True)
+    broker = fresh_redis(redis_url, 6)
     night = Night(tmp_path, pg_url, {"DESQ_BROKER_URL": broker, "DESQ_QUEUE_COUNT": "1"})
     try:
         night.add(300, 2)
@@ -211,7 +216,7 @@ def test_flower_shows_the_workers_behind_basic_auth(tmp_path: Path, redis_url: s
     import urllib.error
     import urllib.request
 
-    broker = redis_url.rsplit("/", 1)[0] + "/7"
+    broker = fresh_redis(redis_url, 7)
     env = env_for({"DESQ_BROKER_URL": broker, "DESQ_DATA_DIR": str(tmp_path)})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import zlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -52,7 +53,8 @@ def require_token() -> Response | None:
 def _etag(meta: Any) -> str:
     if meta.checksum is not None:
         return f"{meta.checksum:08x}-{meta.size:x}"
-    return f"v1-{meta.size:x}-{abs(hash((meta.name, meta.size))) & 0xFFFFFFFF:08x}"
+    # DES v1 stores no checksum: name and size, hashed the same in every worker process.
+    return f"v1-{meta.size:x}-{zlib.crc32(meta.name.encode('utf-8')):08x}"
 
 
 def _failure(exc: Exception) -> Response:
