@@ -236,6 +236,55 @@ def test_per_row_failures_leave_the_other_rows_alone(src: Path, tmp_path: Path, 
     assert got[4].open is not None
 
 
+def test_symlinked_folders_are_checked_once_and_never_lead_outside(src: Path, tmp_path: Path) -> None:
+    write(src / "d" / "a", b"a")
+    write(src / "d" / "b", b"b")
+    write(tmp_path / "outside" / "a", b"secret")
+    (src / "inlink").symlink_to(src / "d")
+    (src / "outlink").symlink_to(tmp_path / "outside")
+    (src / "d" / "up").symlink_to(tmp_path / "outside" / "a")
+    paths = ["d/a", "inlink/b", "outlink/a", "d/b", "outlink/a", "d/up", "d/../d/a", "d/../../outside/a", "inlink/../outlink/a"]
+    with Fetcher(root=str(src)) as fetcher:
+        got = {p: o for p, o in zip(paths, fetcher.fetch(row(p, id=i) for i, p in enumerate(paths)))}
+    assert got["d/a"].data == b"a" and got["inlink/b"].data == b"b" and got["d/b"].data == b"b" and got["d/../d/a"].data == b"a"
+    for bad in ("outlink/a", "d/up", "d/../../outside/a", "inlink/../outlink/a"):
+        assert_failed(got[bad], "outside the source root")
+
+
+def test_cached_local_reads_stay_in_the_consumers_thread(src: Path) -> None:
+    for i in range(500):
+        write(src / f"{i % 7}" / f"{i}", blob(1000, i))
+    before = threading.active_count()
+    with Fetcher(root=str(src), threads=8) as fetcher:
+        for i, original in enumerate(fetcher.fetch(row(f"{i % 7}/{i}", id=i) for i in range(500))):
+            assert original.data == blob(1000, i)
+            assert threading.active_count() == before
+    assert fetcher.inline_rows == 500
+
+
+def test_slow_local_reads_go_to_the_pool_and_come_back(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 600
+    for i in range(n):
+        write(src / f"{i}", blob(500, i))
+    monkeypatch.setattr(fetch_module, "PROBE_EVERY", 64)
+    real = Fetcher._fetch_local
+    reader: dict[int, str] = {}
+
+    def disk(self: Fetcher, run: object, index: int, r: SourceRow) -> tuple[Original, int]:
+        if index < 200:
+            time.sleep(0.002)  # a cold disk for the first rows, then the page cache
+        reader[index] = threading.current_thread().name
+        return real(self, run, index, r)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Fetcher, "_fetch_local", disk)
+    with Fetcher(root=str(src), threads=8) as fetcher:
+        got = list(fetcher.fetch(row(str(i), id=i) for i in range(n)))
+    assert [o.row.id for o in got] == list(range(n)) and all(o.data == blob(500, o.row.id) for o in got)
+    pooled = [i for i, name in reader.items() if name.startswith("desq-fetch")]
+    assert pooled and min(pooled) < 50, "slow reads stayed inline"
+    assert all(reader[i] == threading.current_thread().name for i in range(n - 100, n)), "fast reads never came back inline"
+
+
 def test_relative_paths_need_a_root(tmp_path: Path) -> None:
     absolute = write(tmp_path / "a.txt", b"abs")
     with Fetcher() as fetcher:

@@ -8,6 +8,11 @@ original. Reservations are granted in row order, so the original the consumer wa
 always be reserved (no deadlock), and one original larger than the whole budget is fetched
 alone. Originals of ``big_file_bytes`` or more are never read here: their ``open`` streams them.
 
+Local originals that come from the page cache are read in the consumer's own thread: handing a
+4 KiB read to a pool costs more than the read (a future, two lock hand-offs, a GIL switch). While
+local reads take longer than ``SLOW_LOCAL_READ`` on average (a cold disk, NFS), they go to the pool,
+where they overlap; every ``PROBE_EVERY`` pooled rows a few are read inline again to re-measure.
+
 One row's failure (missing, unreadable, a refused path, an S3 error) becomes that row's
 ``Original.error``; only a bad configuration (FetchError) stops the iteration.
 """
@@ -99,14 +104,20 @@ def guess_content_type(*names: str) -> str | None:
     """The MIME type of the first name whose extension is known (``.gz`` and such give the compressed type)."""
     for name in names:
         base = name.rsplit("/", 1)[-1] if isinstance(name, str) else ""
-        if not base:
+        dot = base.find(".")
+        if dot < 0:
             continue
-        kind, encoding = _MIME.guess_type(base, strict=True)
-        if encoding:
-            kind = _ENCODING_TYPES.get(encoding)
+        kind = _type_of_suffixes(base[dot:])
         if kind:
             return kind
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_of_suffixes(suffixes: str) -> str | None:
+    """The type of a name by its suffixes alone (``.tar.gz``): only they decide mimetypes' guess."""
+    kind, encoding = _MIME.guess_type("x" + suffixes, strict=True)
+    return _ENCODING_TYPES.get(encoding) if encoding else kind
 
 
 def _one_line(text: object) -> str:
@@ -177,6 +188,42 @@ def _open_local(path: str, size: int, shown: str) -> BinaryIO:
 
 
 _END: Any = object()
+_PARENTS_CACHED = 65536
+
+SLOW_LOCAL_READ = 100e-6
+"""Seconds a local read may take on average and still be done inline rather than on the pool."""
+PROBE_EVERY = 2048
+"""Pooled rows after which local reads are timed inline again."""
+PROBE_ROWS = 16
+
+
+class _Pace:
+    """Chooses where local originals are read: inline while they are fast, else on the pool."""
+
+    def __init__(self) -> None:
+        self.cost = 0.0  # moving average of an inline local read, in seconds
+        self.pooled = 0  # rows handed to the pool since the last inline read
+        self.probing = 0  # inline reads still to do before the average decides again
+        self.inline_rows = 0
+
+    def probe_due(self) -> bool:
+        """True when the pool has had PROBE_EVERY local rows: drain it, then ``start_probe``."""
+        return self.pooled >= PROBE_EVERY
+
+    def start_probe(self) -> None:
+        self.pooled, self.probing = 0, PROBE_ROWS
+
+    def inline(self) -> bool:
+        return self.probing > 0 or self.cost < SLOW_LOCAL_READ
+
+    def note_inline(self, seconds: float) -> None:
+        self.inline_rows += 1
+        self.probing = max(0, self.probing - 1)
+        seconds = min(seconds, 4 * SLOW_LOCAL_READ)  # one stall (a page fault, a GC pass) is not a slow disk
+        self.cost = seconds if self.inline_rows == 1 else 0.9 * self.cost + 0.1 * seconds
+
+    def note_pooled(self) -> None:
+        self.pooled += 1
 
 
 class _Cancelled(Exception):
@@ -280,6 +327,9 @@ class Fetcher:
         self._peak = 0
         self._runs: set[_Run] = set()
         self._closed = False
+        self._parents: dict[str, str] = {}  # a relative parent folder -> its checked real path
+        self.inline_rows = 0
+        """Rows whose original was read in the consumer's thread (for tests and benchmarks)."""
 
     # --- state ------------------------------------------------------------------------------
 
@@ -341,6 +391,32 @@ class Fetcher:
             raise FetchError(f"path {path!r} refused: it leads outside the source root")
         return Path(real)
 
+    def _open_local_original(self, path: str) -> int:
+        """A read-only fd of a local original, with resolve_local's refusals.
+
+        The real path of each parent folder is checked once per fetcher; the last component is
+        opened with O_NOFOLLOW, so only a symlink there costs a whole resolve_local.
+        """
+        root = self._root_real
+        if root is not None and isinstance(path, str) and path and "\x00" not in path and not os.path.isabs(path):
+            parent, base = os.path.split(path)
+            if base not in ("", ".", ".."):
+                real_parent = self._parents.get(parent)
+                if real_parent is None:
+                    real_parent = os.path.realpath(os.path.join(root, parent))
+                    if not _inside(real_parent, root):
+                        raise FetchError(f"path {path!r} refused: it leads outside the source root")
+                    if os.path.isdir(real_parent):
+                        if len(self._parents) >= _PARENTS_CACHED:
+                            self._parents.clear()
+                        self._parents[parent] = real_parent
+                try:
+                    return os.open(os.path.join(real_parent, base), _OPEN_FLAGS | os.O_NOFOLLOW)
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+        return os.open(self.resolve_local(path), _OPEN_FLAGS)
+
     def delete_original(self, row: SourceRow) -> None:
         """Delete a row's original (a symlink itself, not its target); already gone is fine."""
         path = row.path
@@ -386,17 +462,34 @@ class Fetcher:
             self._runs.add(run)
         pool = run.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="desq-fetch")
         pending: deque[Future[tuple[Original, int]]] = deque()
+        pace = _Pace()
         index = 0
         more = True
         try:
             while True:
                 while more and len(pending) < self.window:
+                    if pace.probe_due():
+                        if pending:
+                            break
+                        pace.start_probe()
                     row = next(rows, _END)
                     if row is _END:
                         more = False
                         break
                     if run.cancelled:
                         raise FetchError("the fetcher was closed while fetching")
+                    local = _is_local(row.path)
+                    if local and not pending and pace.inline():
+                        started = time.perf_counter()
+                        original, reserved = self._fetch_one(run, index, row)
+                        pace.note_inline(time.perf_counter() - started)
+                        self.inline_rows += 1
+                        index += 1
+                        yield original
+                        run.release(reserved)
+                        continue
+                    if local:
+                        pace.note_pooled()
                     try:
                         pending.append(pool.submit(self._fetch_one, run, index, row))
                     except RuntimeError:  # the pool was shut down by close()
@@ -429,13 +522,11 @@ class Fetcher:
             run.skip(index)  # every row takes its turn exactly once, whatever happened
 
     def _fetch_local(self, run: _Run, index: int, row: SourceRow) -> tuple[Original, int]:
-        try:
-            real = str(self.resolve_local(row.path))
-        except FetchError as exc:
-            return _failed(row, str(exc)), 0
         shown = row.path
         try:
-            fd = os.open(real, _OPEN_FLAGS)
+            fd = self._open_local_original(shown)
+        except FetchError as exc:
+            return _failed(row, str(exc)), 0
         except OSError as exc:
             return _failed(row, _os_message(shown, exc)), 0
         try:
@@ -447,7 +538,7 @@ class Fetcher:
             size = info.st_size
             content_type = guess_content_type(row.name, shown)
             if size >= self.big_file_bytes:
-                opener = functools.partial(_open_local, real, size, shown)
+                opener = functools.partial(_open_local, str(self.resolve_local(shown)), size, shown)
                 return Original(row, size, None, opener, None, content_type), 0
             run.reserve(index, size)
             try:
@@ -459,6 +550,8 @@ class Fetcher:
             return Original(row, size, data, None, None, content_type), size
         except OSError as exc:
             return _failed(row, _os_message(shown, exc)), 0
+        except FetchError as exc:
+            return _failed(row, str(exc)), 0
         finally:
             os.close(fd)
 
@@ -531,6 +624,10 @@ class Fetcher:
             response["Body"].close()
             raise OriginalChanged(f"{url!r}: now {response['ContentLength']} bytes, {size} when it was fetched")
         return response["Body"]
+
+
+def _is_local(path: object) -> bool:
+    return isinstance(path, str) and not _URL.match(path)
 
 
 def _failed(row: SourceRow, error: str) -> Original:
