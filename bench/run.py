@@ -1,18 +1,23 @@
 """``desq bench``: each performance goal beside its anchor, measured in the same run.
 
-    python bench/run.py [--quick] [--json FILE] [--pg URL] [--s3 ENDPOINT]
+    python bench/run.py [--quick] [--json FILE] [--pg URL] [--s3 ENDPOINT] [--redis URL] [--publish] [--only WORD]
 
-Writes ``bench/results/latest.json`` and ``latest.md``. A benchmark whose service (PostgreSQL, the S3
-test server) is not given is reported as not run, with why. Figures are medians of repeats; no
-benchmark asserts anything: the table says where desq stands against each goal.
+Writes ``bench/results/latest.json``, ``latest.md`` and PNG plots there; ``--publish`` (a full run)
+also writes ``BENCHMARKS.md`` with the plots in ``bench/plots/``, followed by the hand-written
+analysis of ``bench/notes.md``. A benchmark whose service (PostgreSQL, Redis, the S3 test server)
+is not given is reported as not run, with why. Figures are medians of repeats with min and max;
+no benchmark asserts a speed: the table says where desq stands against each goal.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
 import json
 import os
+import platform
+import pstats
 import random
 import shutil
 import statistics
@@ -28,7 +33,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE))  # bench's modules import each other by their plain names
 
 Result = dict[str, Any]
 
@@ -37,14 +42,35 @@ def _median(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def _progress(value: float, goal: float, higher_is_better: bool = True) -> float:
+    """How far a figure is from its goal: above 1.0 the goal is met."""
+    return value / goal if higher_is_better else goal / value
+
+
+def _bar(label: str, stats: dict[str, float]) -> dict[str, Any]:
+    return {"label": label} | stats
+
+
+def top_frames(fn: Callable[[], Any], count: int = 10) -> list[str]:
+    """The ``count`` functions with the most own time in one call of ``fn`` (cProfile)."""
+    profile = cProfile.Profile()
+    profile.runcall(fn)
+    stats = pstats.Stats(profile)
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:count]  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.stats.values()) or 1.0  # type: ignore[attr-defined]
+    return [f"{100 * tt / total:4.1f}% {calls:>7} calls  {Path(file).name}:{line}({func})" for (file, line, func), (_, calls, tt, _, _) in rows]
+
+
 def pack_vs_tar(quick: bool, **_: Any) -> Result:
     """Pack N files of 0.5-8 KiB from local disk into one local container (one process) vs GNU tar."""
     from desq.container import ContainerWriter
+    from desq.settings import Settings
     from desq.source.fetch import Fetcher
     from desq.source.rows import SourceRow
 
     count = 10_000 if quick else 100_000
     repeat = 3 if quick else 5
+    threads = Settings().source.fetch_threads
     work = Path(tempfile.mkdtemp(prefix="desq-bench-pack-"))
     try:
         rng = random.Random(1)
@@ -62,19 +88,39 @@ def pack_vs_tar(quick: bool, **_: Any) -> Result:
             subprocess.run(["tar", "-cf", str(work / "out.tar"), "-C", str(tree), "."], check=True)
 
         def desq() -> None:
-            with Fetcher(root=str(tree), threads=8) as fetcher, open(work / "out.des", "wb") as fh, ContainerWriter(fh) as writer:
+            with Fetcher(root=str(tree), threads=threads) as fetcher, open(work / "out.des", "wb") as fh, ContainerWriter(fh) as writer:
                 for original in fetcher.fetch(rows):
-                    writer.add(original.row.name, original.data or b"")
+                    writer.add(original.row.name, original.data or b"", content_type=original.content_type, path=original.row.path)
 
-        times = {"tar": [], "desq": []}
+        def read_alone() -> None:
+            with Fetcher(root=str(tree), threads=threads) as fetcher:
+                for _ in fetcher.fetch(rows):
+                    pass
+
+        blobs = [(tree / r.path).read_bytes() for r in rows]
+
+        def write_alone() -> None:
+            with open(work / "out.des", "wb") as fh, ContainerWriter(fh) as writer:
+                for r, data in zip(rows, blobs):
+                    writer.add(r.name, data)
+
+        runs = {"desq": desq, "tar": tar, "read": read_alone, "write": write_alone}
+        times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(repeat):
-            for label, fn in (("tar", tar), ("desq", desq)):
+            for label, fn in runs.items():
                 started = time.perf_counter()
                 fn()
                 times[label].append(time.perf_counter() - started)
         rate = {k: _median([count / t for t in v]) for k, v in times.items()}
         ratio = rate["desq"]["median"] / rate["tar"]["median"]
-        return {"figure": f"{rate['desq']['median']:,.0f} files/s", "anchor": f"GNU tar -cf: {rate['tar']['median']:,.0f} files/s", "ratio": ratio, "goal": ">= 1.0x tar", "met": ratio >= 1.0, "details": {"files": count, "files_per_s": rate}}
+        details: dict[str, Any] = {"files": count, "fetch_threads": threads, "files_per_s": rate}
+        if ratio < 1.0:
+            details["profile_top_own_time"] = top_frames(desq)
+        return {
+            "figure": f"{rate['desq']['median']:,.0f} files/s", "anchor": f"GNU tar -cf: {rate['tar']['median']:,.0f} files/s", "ratio": ratio,
+            "goal": ">= 1.0x tar", "met": ratio >= 1.0, "progress": _progress(ratio, 1.0), "details": details,
+            "plot": {"unit": "files/s", "bars": [_bar("desq pack", rate["desq"]), _bar("GNU tar -cf", rate["tar"]), _bar("desq: reading alone", rate["read"]), _bar("desq: writing alone (from memory)", rate["write"])]},
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -86,7 +132,14 @@ def index_memory(quick: bool, **_: Any) -> Result:
     figures = bench_index(100_000 if quick else 1_000_000, 3)
     per = figures["reader memory per member after open (tracemalloc)"]
     anchor = figures["anchor dict name->(offset,size) bytes per member (tracemalloc)"]
-    return {"figure": f"{per:.1f} B/member", "anchor": f"dict: {anchor:.1f} B/member (SeaweedFS 16, Haystack ~10)", "ratio": per / anchor, "goal": "<= 24 B", "met": per <= 24.5, "details": figures}
+    one = {"min": per, "median": per, "max": per}
+    bars = [_bar("desq reader", one), _bar("Python dict name -> (offset, size)", {"min": anchor, "median": anchor, "max": anchor})]
+    bars += [_bar(f"{who} (reference)", {"min": b, "median": b, "max": b}) for who, b in (("SeaweedFS", 16.0), ("Haystack", 10.0))]
+    return {
+        "figure": f"{per:.1f} B/member", "anchor": f"dict: {anchor:.1f} B/member (SeaweedFS 16, Haystack ~10)", "ratio": per / anchor, "goal": "<= 24 B",
+        "met": per <= 24.5, "progress": _progress(per, 24.5, higher_is_better=False), "details": figures,
+        "plot": {"unit": "bytes of reader memory per member", "lower_is_better": True, "bars": bars},
+    }
 
 
 def requests_per_read(quick: bool, s3: str | None = None, **_: Any) -> Result:
@@ -95,13 +148,23 @@ def requests_per_read(quick: bool, s3: str | None = None, **_: Any) -> Result:
         return {"skipped": "needs the S3 test server (--s3 ENDPOINT)"}
     import boto3
 
+    from s3 import drop_bucket
+
+    admin = boto3.client("s3", endpoint_url=s3)
+    bucket = f"bench-{uuid.uuid4().hex[:12]}"
+    admin.create_bucket(Bucket=bucket)
+    try:
+        return _requests_per_read(s3, bucket)
+    finally:
+        drop_bucket(admin, bucket)
+
+
+def _requests_per_read(s3: str, bucket: str) -> Result:
     from desq.archive import Archive
     from desq.container import ContainerWriter
     from desq.storage.counting import CountingStorage
     from desq.storage.s3 import S3Storage
 
-    bucket = f"bench-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3).create_bucket(Bucket=bucket)
     storage = CountingStorage(S3Storage(f"s3://{bucket}/desq", endpoint_url=s3))
     out = io.BytesIO()
     with ContainerWriter(out) as w:
@@ -117,7 +180,12 @@ def requests_per_read(quick: bool, s3: str | None = None, **_: Any) -> Result:
         storage.requests.clear()
         archive.read("20251120/FE.des", f"20251120_{i}")
         warm.append(len(storage.requests))
-    return {"figure": f"cold {cold}, warm {max(warm)}", "anchor": "older DES reader: 4", "ratio": max(warm) / 4, "goal": "cold <= 2, warm = 1", "met": cold <= 2 and max(warm) == 1, "details": {"cold": cold, "warm_max": max(warm)}}
+    fixed = lambda v: {"min": v, "median": v, "max": v}  # noqa: E731
+    return {
+        "figure": f"cold {cold}, warm {max(warm)}", "anchor": "older DES reader: 4", "ratio": max(warm) / 4, "goal": "cold <= 2, warm = 1",
+        "met": cold <= 2 and max(warm) == 1, "progress": min(_progress(cold, 2, False), _progress(max(warm), 1, False)), "details": {"cold": cold, "warm_max": max(warm), "warm_reads": len(warm)},
+        "plot": {"unit": "storage requests per read", "lower_is_better": True, "bars": [_bar("desq cold", fixed(cold)), _bar("desq warm", {"min": min(warm), "median": statistics.median(warm), "max": max(warm)}), _bar("older DES reader", fixed(4))]},
+    }
 
 
 def big_member(quick: bool, **_: Any) -> Result:
@@ -130,7 +198,12 @@ def big_member(quick: bool, **_: Any) -> Result:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak = figures["peak_rss_MiB"]
-    return {"figure": f"peak RSS {peak} MiB for {gib} GiB", "anchor": "limit 256 MiB", "ratio": peak / 256, "goal": "<= 256 MiB", "met": peak <= 256 and figures["same_bytes"], "details": figures}
+    fixed = {"min": peak, "median": peak, "max": peak}
+    return {
+        "figure": f"peak RSS {peak} MiB for {gib} GiB", "anchor": "limit 256 MiB", "ratio": peak / 256, "goal": "<= 256 MiB",
+        "met": peak <= 256 and figures["same_bytes"], "progress": _progress(peak, 256, higher_is_better=False), "details": figures,
+        "plot": {"unit": "MiB peak RSS (VmHWM)", "lower_is_better": True, "bars": [_bar(f"desq, {gib} GiB member", fixed), _bar("limit", {"min": 256, "median": 256, "max": 256})]},
+    }
 
 
 def marker(quick: bool, pg: str | None = None, **_: Any) -> Result:
@@ -184,63 +257,207 @@ def rows_per_file(quick: bool, pg: str | None = None, **_: Any) -> Result:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     worst = max(name_ratio, uid_ratio)
-    return {"figure": f"name {name_ratio:.4f}, uid {uid_ratio:.4f}", "anchor": "1.0: each row read once", "ratio": worst, "goal": "<= 1.05", "met": worst <= 1.05, "details": {"files": packed, "tasks": len(plan.work)}}
+    fixed = lambda v: {"min": v, "median": v, "max": v}  # noqa: E731
+    return {
+        "figure": f"name {name_ratio:.4f}, uid {uid_ratio:.4f}", "anchor": "1.0: each row read once", "ratio": worst, "goal": "<= 1.05",
+        "met": worst <= 1.05, "progress": _progress(worst, 1.05, higher_is_better=False), "details": {"files": packed, "tasks": len(plan.work)},
+        "plot": {"unit": "source rows read per packed file", "lower_is_better": True, "bars": [_bar("desq, name mode", fixed(name_ratio)), _bar("desq, uid mode", fixed(uid_ratio)), _bar("goal", fixed(1.05))]},
+    }
+
+
+def _fixed(value: float) -> dict[str, float]:
+    return {"min": value, "median": value, "max": value}
+
+
+def pack_from_s3(quick: bool, s3: str | None = None, **_: Any) -> Result:
+    """The same files from the S3 test server, straight (bench/s3.py)."""
+    from s3 import pack_from_s3 as run
+
+    r = run(quick, s3=s3)
+    if "figure" in r:
+        d = r["details"]
+        r["progress"] = _progress(r["ratio"], 8)
+        r["plot"] = {"unit": "files/s", "bars": [_bar(f"desq, {d['fetch_threads_default']} threads", d["desq"]), _bar("sequential get_object", d["anchor"]), _bar("server ceiling (bare thread pool)", _fixed(d["server_ceiling"]))]}
+    return r
+
+
+def pack_from_s3_rtt(quick: bool, s3: str | None = None, **_: Any) -> Result:
+    """The same with a modelled 20 ms network round trip per request (bench/s3.py)."""
+    from s3 import pack_from_s3_rtt as run
+
+    r = run(quick, s3=s3)
+    if "figure" in r:
+        d = r["details"]
+        r["progress"] = _progress(r["ratio"], 8)
+        r["plot"] = {"unit": "files/s", "bars": [_bar(f"desq, {d['fetch_threads']} threads", d["desq"]), _bar("sequential get_object", d["anchor"])]}
+    return r
+
+
+def night_workers(quick: bool, pg: str | None = None, redis: str | None = None, **_: Any) -> Result:
+    """One night of 256 shards through Celery with 1 then 2 packer workers (bench/night.py)."""
+    from night import night_workers as run
+
+    r = run(quick, pg=pg, redis=redis)
+    if "figure" in r:
+        r["progress"] = _progress(r["ratio"], 1.7)
+        if "files_per_s" in r.get("details", {}):
+            rates = r["details"]["files_per_s"]
+            r["plot"] = {"unit": "files/s", "bars": [_bar("2 packer workers", rates["2"]), _bar("1 packer worker", rates["1"])]}
+    return r
+
+
+def http_reads(quick: bool, **_: Any) -> Result:
+    """Warm reads through gunicorn vs a bare Flask endpoint, wrk at 32 connections (bench/web_load.py)."""
+    from bench.web_load import gunicorn_vs_bare
+
+    r = gunicorn_vs_bare(quick)
+    if "figure" in r:
+        d = r["details"]
+        r["progress"] = _progress(r["ratio"], 0.8)
+        r["plot"] = {"unit": "requests/s", "bars": [_bar("desq files API", d["desq"]["requests_per_s"]), _bar("bare Flask, bytes from memory", d["anchor"]["requests_per_s"])]}
+    return r
+
+
+def read_latency_s3(quick: bool, s3: str | None = None, **_: Any) -> Result:
+    """Warm read latency on the S3 test server vs a lone GetObject (bench/s3.py)."""
+    from s3 import read_latency_s3 as run
+
+    r = run(quick, s3=s3)
+    if "figure" in r:
+        ms = r["details"]["latency_ms"]
+        r["progress"] = _progress(r["ratio"], 1.3, higher_is_better=False)
+        bars = [_bar("desq Archive.read", _fixed(ms["desq"]["p50"])), _bar("lone GetObject", _fixed(ms["lone"]["p50"]))]
+        if "ranged" in ms:
+            bars.append(_bar("bare ranged GET of the same frame", _fixed(ms["ranged"]["p50"])))
+        r["plot"] = {"unit": "p50 ms per read", "lower_is_better": True, "bars": bars}
+    return r
+
+
+def router(quick: bool, **_: Any) -> Result:
+    """Reads through the router vs straight to the files API (bench/web_load.py)."""
+    from bench.web_load import router_vs_direct
+
+    r = router_vs_direct(quick)
+    if "figure" in r:
+        d = r["details"]
+        r["progress"] = _progress(r["ratio"], 0.7)
+        r["plot"] = {"unit": "requests/s", "bars": [_bar("through the router", d["desq"]["requests_per_s"]), _bar("files API alone", d["anchor"]["requests_per_s"])]}
+    return r
 
 
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "pack 0.5-8 KiB files from local disk": pack_vs_tar,
+    "pack the same from an S3 source": pack_from_s3,
+    "pack from S3 with a 20 ms round trip": pack_from_s3_rtt,
+    "one night with 1 then 2 packer workers": night_workers,
     "index memory per member": index_memory,
+    "warm HTTP reads through gunicorn": http_reads,
+    "warm read latency on S3": read_latency_s3,
     "storage requests per read, S3": requests_per_read,
-    "big member packed and served": big_member,
     "marker on PostgreSQL rows": marker,
     "source rows read per packed file": rows_per_file,
+    "big member packed and served": big_member,
+    "through the router vs direct": router,
 }
-NOT_YET = [
-    "pack the same from an S3 source vs sequential fetches",
-    "one night with 1 then 2 packer workers",
-    "warm reads over HTTP through gunicorn vs a bare Flask endpoint (wrk, 32 connections)",
-    "warm read latency on S3 vs a lone GetObject",
-    "through the router vs straight to the files API",
-]
 
 
-def markdown(results: dict[str, Result], machine: dict[str, Any]) -> str:
-    lines = [f"Machine: {machine['cpus']} CPUs, Python {machine['python']}, run {machine['when']} ({'quick' if machine['quick'] else 'full'})", "", "| benchmark | desq | anchor | ratio | goal | met |", "|---|---|---|---|---|---|"]
+def machine(quick: bool) -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(), "when": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": quick}
+    try:
+        cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        info["cpu"] = cpu[0] if cpu else platform.machine()
+        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        info["memory_GiB"] = round(int(mem.split()[1]) / (1 << 20), 1)
+    except (OSError, StopIteration):
+        pass
+    for tool, args in (("tar", ["tar", "--version"]), ("wrk", ["wrk", "--version"])):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=10)
+            info[tool] = (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            info[tool] = "not installed"
+    return info
+
+
+def markdown(results: dict[str, Result], info: dict[str, Any], plots: dict[str, str] | None = None) -> str:
+    """The results table (and, given ``plots``, the images under it)."""
+    lines = [
+        f"Machine: {info.get('cpu', '?')}, {info['cpus']} CPUs, {info.get('memory_GiB', '?')} GiB, Linux {info['kernel']}, Python {info['python']}; "
+        f"{info['tar']}; {info['wrk']}. Run {info['when']} ({'quick' if info['quick'] else 'full'}).",
+        "",
+        "| benchmark | desq | anchor | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         if "skipped" in r:
             lines.append(f"| {name} | not run: {r['skipped']} | | | | |")
         elif "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | | |")
         else:
-            lines.append(f"| {name} | {r['figure']} | {r['anchor']} | {r['ratio']:.2f} | {r['goal']} | {'yes' if r['met'] else 'NO'} |")
-    for name in NOT_YET:
-        lines.append(f"| {name} | not built yet | | | | |")
+            met = "reported" if "progress" not in r else ("yes" if r["met"] else "NO")
+            lines.append(f"| {name} | {r['figure']} | {r['anchor']} | {r['ratio']:.2f} | {r['goal']} | {met} |")
+    if plots:
+        lines += ["", "Medians of the repeats, with min-max whiskers; the summary shows each figure over its goal.", ""]
+        lines += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def publish(results: dict[str, Result], info: dict[str, Any], root: Path) -> Path:
+    """BENCHMARKS.md and bench/plots/ from a full run, with the analysis of bench/notes.md."""
+    from plots import slug, write_plots
+
+    folder = HERE / "plots"
+    written = {p.stem: p for p in write_plots(results, folder)}
+    images = {"summary": f"bench/plots/{written['summary'].name}"} if "summary" in written else {}
+    images |= {name: f"bench/plots/{written[slug(name)].name}" for name in results if slug(name) in written}
+    notes = (HERE / "notes.md").read_text() if (HERE / "notes.md").exists() else ""
+    text = "# desq benchmarks\n\nWritten by `desq bench --publish` (the commands are in bench/notes.md); every ratio is against an anchor measured in the same run.\n\n"
+    text += markdown(results, info, images) + ("\n" + notes if notes else "")
+    target = root / "BENCHMARKS.md"
+    target.write_text(text)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="desq benchmarks beside their anchors")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--pg", help="PostgreSQL URL for the marker benchmarks")
+    parser.add_argument("--pg", help="PostgreSQL URL for the marker and night benchmarks")
     parser.add_argument("--s3", help="S3 endpoint (test server) for the S3 benchmarks")
+    parser.add_argument("--redis", help="Redis URL (a spare database: it is flushed) for the night benchmark")
+    parser.add_argument("--publish", action="store_true", help="write BENCHMARKS.md and bench/plots/ (a full run)")
+    parser.add_argument("--only", action="append", default=[], metavar="WORD", help="run only benchmarks whose name holds WORD (repeatable)")
     args = parser.parse_args(argv)
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "when": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick}
+    if args.publish and (args.quick or args.only):
+        parser.error("--publish needs a full run of every benchmark (no --quick, no --only)")
+    if args.s3:
+        for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+            os.environ.setdefault(key, value)  # the S3 test server takes any credentials
+    info = machine(args.quick)
+    chosen = {n: b for n, b in BENCHMARKS.items() if not args.only or any(w.lower() in n.lower() for w in args.only)}
     results: dict[str, Result] = {}
-    for name, bench in BENCHMARKS.items():
+    for name, bench in chosen.items():
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
         try:
-            results[name] = bench(args.quick, pg=args.pg, s3=args.s3)
+            results[name] = bench(args.quick, pg=args.pg, s3=args.s3, redis=args.redis)
         except Exception as exc:  # noqa: BLE001 - one benchmark's failure is reported, the rest still run
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[name] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+        results[name]["seconds"] = round(time.monotonic() - started, 1)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    document = {"machine": machine, "results": results, "not_yet": NOT_YET}
+    from plots import write_plots
+
+    write_plots(results, out)
+    document = {"machine": info, "results": results}
     (out / "latest.json").write_text(json.dumps(document, indent=2, default=str))
-    (out / "latest.md").write_text(markdown(results, machine))
+    (out / "latest.md").write_text(markdown(results, info))
     if args.json:
         args.json.write_text(json.dumps(document, indent=2, default=str))
-    print(markdown(results, machine))
+    if args.publish:
+        print(f"bench: wrote {publish(results, info, HERE.parent)}", file=sys.stderr)
+    print(markdown(results, info))
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -415,15 +415,19 @@ def get(settings: Settings, name: str, created_at: str | None, output: str | Non
 @common_options
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (what CI runs).")
 @click.option("--json", "json_path", metavar="FILE", help="Also write the results here.")
-@click.option("--pg", metavar="URL", help="PostgreSQL for the marker benchmarks.")
+@click.option("--pg", metavar="URL", help="PostgreSQL for the marker and night benchmarks.")
 @click.option("--s3", metavar="ENDPOINT", help="S3 test server for the S3 benchmarks.")
-def bench(quick: bool, json_path: str | None, pg: str | None, s3: str | None) -> None:
+@click.option("--redis", metavar="URL", help="Redis (a spare database: it is flushed) for the night benchmark.")
+@click.option("--publish", is_flag=True, help="Write BENCHMARKS.md and bench/plots/ (a full run).")
+@click.option("--only", multiple=True, metavar="WORD", help="Run only benchmarks whose name holds WORD.")
+def bench(quick: bool, json_path: str | None, pg: str | None, s3: str | None, redis: str | None, publish: bool, only: tuple[str, ...]) -> None:
     """Run the benchmarks of BENCHMARKS.md beside their anchors (from a checkout: bench/)."""
     script = Path(__file__).resolve().parents[1] / "bench" / "run.py"
     if not script.is_file():
         raise DesqError("desq bench runs from a checkout of desq (it needs bench/)")
     args = [sys.executable, str(script)] + (["--quick"] if quick else []) + (["--json", json_path] if json_path else [])
-    args += (["--pg", pg] if pg else []) + (["--s3", s3] if s3 else [])
+    args += (["--pg", pg] if pg else []) + (["--s3", s3] if s3 else []) + (["--redis", redis] if redis else [])
+    args += (["--publish"] if publish else []) + [a for word in only for a in ("--only", word)]
     code = subprocess.call(args)
     if code:
         raise DesqError("a benchmark failed; see its row in bench/results/latest.md")

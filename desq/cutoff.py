@@ -40,13 +40,29 @@ STATE = sa.Table(
 )
 
 
+def create_tables(engine: Engine, tables: list[sa.Table]) -> None:
+    """Create desq's own ``tables`` where missing. Packers starting together race to create them:
+    the loser's error (a duplicate table or type) is no error once the tables are there."""
+    for attempt in range(1, 4):
+        try:
+            _metadata.create_all(engine, tables=tables, checkfirst=True)
+            return
+        except SQLAlchemyError:
+            inspector = sa.inspect(engine)
+            if all(inspector.has_table(t.name, schema=t.schema) for t in tables):
+                return
+            if attempt == 3:
+                raise
+            # Someone else created some of them meanwhile (our transaction rolled back): again.
+
+
 class StateStore:
     """desq's own small key-value table (created by desq; the business table is never touched)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         try:
-            _metadata.create_all(engine, tables=[STATE], checkfirst=True)
+            create_tables(engine, [STATE])
         except SQLAlchemyError as exc:
             raise DesqError(f"cannot create desq's state table in {masked(str(engine.url))}: {first_line(exc)}") from None
 

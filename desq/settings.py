@@ -179,7 +179,7 @@ class SourceSettings:
     name_prefix: str = opt("", "name mode: optional [A-Za-z0-9-]+ prefix of the names the marker gives", check=_check_prefix)
     s3_endpoint_url: str = opt("", "S3 endpoint for s3:// originals; empty: archive.s3_endpoint_url", check=_check_optional_http_url)
     batch_size: int = opt(1000, "rows the marker reads and updates per transaction", min=1, max=100_000)
-    fetch_threads: int = opt(8, "originals fetched at once by one packer", min=1, max=256)
+    fetch_threads: int = opt(32, "originals fetched at once by one packer (S3 GETs wait on the network; local files in the page cache are read inline)", min=1, max=256)
     columns: ColumnSettings = field(default_factory=ColumnSettings)
 
 

@@ -35,6 +35,7 @@ install_missing() {
   { [ -n "$(pg_version)" ] && [ -x "/usr/lib/postgresql/$(pg_version)/bin/postgres" ] \
     && has pg_ctlcluster && has pg_createcluster && has pg_isready && has psql; } || missing+=(postgresql postgresql-client)
   has runuser || missing+=(util-linux)
+  has wrk || missing+=(wrk)  # the HTTP load generator of desq bench
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} with apt"
     as_root apt-get update -qq

@@ -11,17 +11,21 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.integration
-def test_quick_bench_produces_its_figures(tmp_path: Path, pg_url: str, s3_endpoint: str, aws_env: None) -> None:
+def test_quick_bench_produces_its_figures(tmp_path: Path, pg_url: str, s3_endpoint: str, redis_url: str) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [str(BIN / "desq"), "bench", "--quick", "--json", str(out), "--pg", pg_url, "--s3", s3_endpoint],
-        capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if not k.startswith("DESQ_")},
+        [str(BIN / "desq"), "bench", "--quick", "--json", str(out), "--pg", pg_url, "--s3", s3_endpoint, "--redis", redis_url.rsplit("/", 1)[0] + "/12"],
+        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if not k.startswith(("DESQ_", "AWS_"))},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads(out.read_text())
+    assert len(document["results"]) == 12
     for name, figures in document["results"].items():
         assert "figure" in figures and "ratio" in figures and "goal" in figures, (name, figures)
+        assert figures.get("plot") or "progress" not in figures, name
+    assert (ROOT / "bench" / "results" / "summary.png").stat().st_size > 1000
     assert "| benchmark | desq | anchor |" in result.stdout

@@ -236,3 +236,43 @@ def test_recover_clears_what_crashes_leave_and_never_a_container(site: Site) -> 
     left = sorted(o.key for o in storage.list())
     assert "20251118/01.des.staging-new" in left and "20251118/00.des.staging-abc" not in left
     assert [k for k in left if k.endswith(".des")] == containers
+
+
+@pytest.mark.integration
+def test_packers_starting_together_both_create_desqs_tables(pg_url: str) -> None:
+    """Regression: two packers' first Leases() on a fresh database raced in CREATE TABLE, and the
+    loser's DuplicateTable failed its shard."""
+    import threading
+    import uuid
+
+    import sqlalchemy as sa
+
+    from desq.cutoff import StateStore
+    from desq.pipeline.lease import Leases
+
+    admin = sa.create_engine(pg_url)
+    for _ in range(8):
+        schema = f"race_{uuid.uuid4().hex[:8]}"
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        engines = [sa.create_engine(pg_url, connect_args={"options": f"-csearch_path={schema}"}) for _ in range(4)]
+        start = threading.Barrier(len(engines))
+        failures: list[BaseException] = []
+
+        def first_use(engine: sa.Engine, make: type, start: threading.Barrier = start, failures: list[BaseException] = failures) -> None:
+            start.wait()
+            try:
+                make(engine)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                failures.append(exc)
+
+        threads = [threading.Thread(target=first_use, args=(e, Leases if i % 2 else StateStore)) for i, e in enumerate(engines)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for engine in engines:
+            engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        assert not failures, failures

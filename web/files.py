@@ -96,9 +96,9 @@ def get_file(name: str) -> Response:
         if target.original is not None:
             return _original(target.original)
         archive = service().archive
-        size = archive.size_hint(target.container, target.name)
         start, stop, partial = 0, None, False
         ranges = request.range
+        size = archive.size_hint(target.container, target.name) if ranges is not None else None
         if ranges is not None and ranges.units == "bytes" and len(ranges.ranges) == 1 and size is not None:
             bounds = ranges.range_for_length(size)
             if bounds is None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from desq.cutoff import STATE, _metadata
+from desq.cutoff import STATE, _metadata, create_tables
 from desq.errors import DesqError
 
 LEASE = sa.Table(
@@ -103,7 +103,7 @@ class Leases:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        _metadata.create_all(engine, tables=[STATE, LEASE], checkfirst=True)
+        create_tables(engine, [STATE, LEASE])
 
     def acquire(self, key: str, holder: str, ttl: float) -> Lease | None:
         """Take the lease if it is free or expired; None while someone else holds it."""

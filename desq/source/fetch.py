@@ -220,7 +220,7 @@ class _Pace:
         self.inline_rows += 1
         self.probing = max(0, self.probing - 1)
         seconds = min(seconds, 4 * SLOW_LOCAL_READ)  # one stall (a page fault, a GC pass) is not a slow disk
-        self.cost = seconds if self.inline_rows == 1 else 0.9 * self.cost + 0.1 * seconds
+        self.cost = 0.9 * self.cost + 0.1 * seconds  # from 0: the first read of a run pays for cold dentries
 
     def note_pooled(self) -> None:
         self.pooled += 1
@@ -295,7 +295,7 @@ class Fetcher:
         root: str = "",
         big_file_bytes: int = 64 << 20,
         s3_endpoint_url: str = "",
-        threads: int = 8,
+        threads: int = 32,
         max_bytes_in_flight: int = 64 << 20,
         s3_client: Any = None,
     ) -> None:

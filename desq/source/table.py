@@ -160,6 +160,8 @@ class SourceTable:
                 return
             self.rows_read += len(rows)
             yield rows
+            if len(rows) < batch_size:
+                return  # a short page is the last: no query that can only come back empty
             last = rows[-1][0]
 
     def execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
