@@ -51,6 +51,11 @@ def _bar(label: str, stats: dict[str, float]) -> dict[str, Any]:
     return {"label": label} | stats
 
 
+def _fixed(value: float) -> dict[str, float]:
+    """A figure measured once, as a bar without whiskers."""
+    return {"min": value, "median": value, "max": value}
+
+
 def top_frames(fn: Callable[[], Any], count: int = 10) -> list[str]:
     """The ``count`` functions with the most own time in one call of ``fn`` (cProfile)."""
     profile = cProfile.Profile()
@@ -132,9 +137,8 @@ def index_memory(quick: bool, **_: Any) -> Result:
     figures = bench_index(100_000 if quick else 1_000_000, 3)
     per = figures["reader memory per member after open (tracemalloc)"]
     anchor = figures["anchor dict name->(offset,size) bytes per member (tracemalloc)"]
-    one = {"min": per, "median": per, "max": per}
-    bars = [_bar("desq reader", one), _bar("Python dict name -> (offset, size)", {"min": anchor, "median": anchor, "max": anchor})]
-    bars += [_bar(f"{who} (reference)", {"min": b, "median": b, "max": b}) for who, b in (("SeaweedFS", 16.0), ("Haystack", 10.0))]
+    bars = [_bar("desq reader", _fixed(per)), _bar("Python dict name -> (offset, size)", _fixed(anchor))]
+    bars += [_bar(f"{who} (reference)", _fixed(b)) for who, b in (("SeaweedFS", 16.0), ("Haystack", 10.0))]
     return {
         "figure": f"{per:.1f} B/member", "anchor": f"dict: {anchor:.1f} B/member (SeaweedFS 16, Haystack ~10)", "ratio": per / anchor, "goal": "<= 24 B",
         "met": per <= 24.5, "progress": _progress(per, 24.5, higher_is_better=False), "details": figures,
@@ -180,11 +184,10 @@ def _requests_per_read(s3: str, bucket: str) -> Result:
         storage.requests.clear()
         archive.read("20251120/FE.des", f"20251120_{i}")
         warm.append(len(storage.requests))
-    fixed = lambda v: {"min": v, "median": v, "max": v}  # noqa: E731
     return {
         "figure": f"cold {cold}, warm {max(warm)}", "anchor": "older DES reader: 4", "ratio": max(warm) / 4, "goal": "cold <= 2, warm = 1",
         "met": cold <= 2 and max(warm) == 1, "progress": min(_progress(cold, 2, False), _progress(max(warm), 1, False)), "details": {"cold": cold, "warm_max": max(warm), "warm_reads": len(warm)},
-        "plot": {"unit": "storage requests per read", "lower_is_better": True, "bars": [_bar("desq cold", fixed(cold)), _bar("desq warm", {"min": min(warm), "median": statistics.median(warm), "max": max(warm)}), _bar("older DES reader", fixed(4))]},
+        "plot": {"unit": "storage requests per read", "lower_is_better": True, "bars": [_bar("desq cold", _fixed(cold)), _bar("desq warm", _median(warm)), _bar("older DES reader", _fixed(4))]},
     }
 
 
@@ -198,11 +201,10 @@ def big_member(quick: bool, **_: Any) -> Result:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak = figures["peak_rss_MiB"]
-    fixed = {"min": peak, "median": peak, "max": peak}
     return {
         "figure": f"peak RSS {peak} MiB for {gib} GiB", "anchor": "limit 256 MiB", "ratio": peak / 256, "goal": "<= 256 MiB",
         "met": peak <= 256 and figures["same_bytes"], "progress": _progress(peak, 256, higher_is_better=False), "details": figures,
-        "plot": {"unit": "MiB peak RSS (VmHWM)", "lower_is_better": True, "bars": [_bar(f"desq, {gib} GiB member", fixed), _bar("limit", {"min": 256, "median": 256, "max": 256})]},
+        "plot": {"unit": "MiB peak RSS (VmHWM)", "lower_is_better": True, "bars": [_bar(f"desq, {gib} GiB member", _fixed(peak)), _bar("limit", _fixed(256))]},
     }
 
 
@@ -257,16 +259,11 @@ def rows_per_file(quick: bool, pg: str | None = None, **_: Any) -> Result:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     worst = max(name_ratio, uid_ratio)
-    fixed = lambda v: {"min": v, "median": v, "max": v}  # noqa: E731
     return {
         "figure": f"name {name_ratio:.4f}, uid {uid_ratio:.4f}", "anchor": "1.0: each row read once", "ratio": worst, "goal": "<= 1.05",
         "met": worst <= 1.05, "progress": _progress(worst, 1.05, higher_is_better=False), "details": {"files": packed, "tasks": len(plan.work)},
-        "plot": {"unit": "source rows read per packed file", "lower_is_better": True, "bars": [_bar("desq, name mode", fixed(name_ratio)), _bar("desq, uid mode", fixed(uid_ratio)), _bar("goal", fixed(1.05))]},
+        "plot": {"unit": "source rows read per packed file", "lower_is_better": True, "bars": [_bar("desq, name mode", _fixed(name_ratio)), _bar("desq, uid mode", _fixed(uid_ratio)), _bar("goal", _fixed(1.05))]},
     }
-
-
-def _fixed(value: float) -> dict[str, float]:
-    return {"min": value, "median": value, "max": value}
 
 
 def pack_from_s3(quick: bool, s3: str | None = None, **_: Any) -> Result:

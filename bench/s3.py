@@ -134,6 +134,18 @@ def _cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def source_objects(admin: Any, bucket: str, count: int, seed: int) -> tuple[dict[str, bytes], list[str], list[Any], float]:
+    """``count`` originals of 0.5-8 KiB uploaded to ``bucket``: the objects, their keys, their source rows, upload seconds."""
+    from desq.source.rows import SourceRow
+
+    rng = random.Random(seed)
+    objects = {f"src/{i % 64:02x}/{i}.bin": rng.randbytes(rng.randint(512, 8192)) for i in range(count)}
+    upload_s, _ = _upload(admin, bucket, objects)
+    keys = list(objects)
+    rows = [SourceRow(id=i, name=f"20251120_{i}", created_at=None, path=f"s3://{bucket}/{key}", date=date(2025, 11, 20), shard=0) for i, key in enumerate(keys)]
+    return objects, keys, rows, upload_s
+
+
 def pack_rows(endpoint: str, threads: int, rows: list[Any], out: Path) -> None:
     """desq's side: the Fetcher's originals into a container file, in row order."""
     from desq.container import ContainerWriter
@@ -164,7 +176,6 @@ def pack_from_s3(quick: bool, s3: str | None = None, **_: Any) -> Result:
     _env()
     from desq.container import ContainerReader, FileSource
     from desq.settings import Settings
-    from desq.source.rows import SourceRow
 
     wall = time.perf_counter()
     count = 1_000 if quick else 2_000
@@ -178,11 +189,7 @@ def pack_from_s3(quick: bool, s3: str | None = None, **_: Any) -> Result:
     bucket = _new_bucket(admin)
     work = Path(tempfile.mkdtemp(prefix="desq-bench-s3pack-"))
     try:
-        rng = random.Random(1)
-        objects = {f"src/{i % 64:02x}/{i}.bin": rng.randbytes(rng.randint(512, 8192)) for i in range(count)}
-        upload_s, _ = _upload(admin, bucket, objects)
-        keys = list(objects)
-        rows = [SourceRow(id=i, name=f"20251120_{i}", created_at=None, path=f"s3://{bucket}/{key}", date=date(2025, 11, 20), shard=0) for i, key in enumerate(keys)]
+        objects, keys, rows, upload_s = source_objects(admin, bucket, count, seed=1)
         total_bytes = sum(len(v) for v in objects.values())
         expected_digest = hashlib.sha256(b"".join(objects.values())).hexdigest()
 
@@ -302,7 +309,6 @@ def pack_from_s3_rtt(quick: bool, s3: str | None = None, rtt_ms: float = 20.0, *
     _env()
     from desq.container import ContainerReader, FileSource
     from desq.settings import Settings
-    from desq.source.rows import SourceRow
 
     count = 200 if quick else 600
     repeat = 2 if quick else 3
@@ -311,11 +317,7 @@ def pack_from_s3_rtt(quick: bool, s3: str | None = None, rtt_ms: float = 20.0, *
     bucket = _new_bucket(admin)
     work = Path(tempfile.mkdtemp(prefix="desq-bench-s3rtt-"))
     try:
-        rng = random.Random(2)
-        objects = {f"src/{i}.bin": rng.randbytes(rng.randint(512, 8192)) for i in range(count)}
-        _upload(admin, bucket, objects)
-        keys = list(objects)
-        rows = [SourceRow(id=i, name=f"20251120_{i}", created_at=None, path=f"s3://{bucket}/{key}", date=date(2025, 11, 20), shard=0) for i, key in enumerate(keys)]
+        objects, keys, rows, _ = source_objects(admin, bucket, count, seed=2)
         with modelled_rtt(s3, rtt_ms / 1000) as endpoint:
 
             def desq() -> None:

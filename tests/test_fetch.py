@@ -308,7 +308,6 @@ def _fake_size(monkeypatch: pytest.MonkeyPatch, target: Path, delta: int) -> Non
     monkeypatch.setattr(os, "fstat", fstat)
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="maps a descriptor to its path through /proc")
 @pytest.mark.parametrize(("delta", "words"), [(10, "read 20 of 30 bytes"), (-5, "grew")])
 def test_a_file_that_changes_while_read_is_a_row_error(src: Path, monkeypatch: pytest.MonkeyPatch, delta: int, words: str) -> None:
     target = write(src / "changing", blob(20))
