@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-import uuid
-from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,119 +19,11 @@ import sqlalchemy as sa
 
 from desq.archive import Archive
 from desq.layout import container_key, shard_of_name
-from desq.settings import load_settings
 from desq.storage.local import LocalStorage
+from nights import BIN, TODAY, Night, env_for, fresh_redis
 from procs import children
 
-BIN = Path(sys.executable).parent
-TODAY = "2025-11-28"
 pytestmark = pytest.mark.integration
-
-
-def env_for(extra: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("DESQ_")} | extra
-
-
-class Night:
-    """A business table, its originals, and worker processes for one test."""
-
-    def __init__(self, root: Path, db_url: str, env: dict[str, str]) -> None:
-        self.root = root
-        self.table = f"files_{uuid.uuid4().hex[:8]}"
-        self.db_url = db_url
-        self.env = env_for({
-            "DESQ_SOURCE_DB_URL": db_url, "DESQ_SOURCE_TABLE": self.table, "DESQ_SOURCE_ROOT": str(root / "originals"),
-            "DESQ_ARCHIVE_URL": str(root / "archive"), "DESQ_DATA_DIR": str(root / "desq-data"),
-            "DESQ_QUEUE_COUNT": "2", "DESQ_PIPELINE_LEASE_SECONDS": "5",
-        } | env)
-        self.engine = sa.create_engine(db_url)
-        with self.engine.begin() as conn:
-            conn.execute(sa.text(f"CREATE TABLE {self.table} (id INTEGER PRIMARY KEY, created_at TIMESTAMP, path VARCHAR(200), des_name VARCHAR(300), des_hash_bits INTEGER, des_status VARCHAR(16))"))
-        (root / "originals").mkdir()
-        self.contents: dict[int, tuple[date, bytes]] = {}
-        self.workers: list[subprocess.Popen[bytes]] = []
-
-    def add(self, count: int, days: int) -> None:
-        rows = []
-        for i in range(1, count + 1):
-            day = date(2025, 11, 20) - timedelta(days=i % days)
-            data = (f"file {i} ".encode() * (1 + i % 40))[: 200 + i % 700]
-            (self.root / "originals" / f"{i}.txt").write_bytes(data)
-            self.contents[i] = (day, data)
-            rows.append({"id": i, "c": datetime.combine(day, datetime.min.time()) + timedelta(seconds=i), "p": f"{i}.txt"})
-        with self.engine.begin() as conn:
-            conn.execute(sa.text(f"INSERT INTO {self.table} (id, created_at, path) VALUES (:id, :c, :p)"), rows)
-
-    def start(self, name: str, queues: str, *, pool: str = "solo") -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        worker = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "tasks", "worker", "-Q", queues, "-n", f"{name}@%h", f"--pool={pool}", "-c", "1", "--without-mingle", "--without-gossip", "-l", "INFO"],
-            cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        self.workers.append(worker)
-        return worker
-
-    def trigger(self) -> None:
-        result = subprocess.run([str(BIN / "desq"), "nightly", "--today", TODAY], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-
-    def state(self, key: str) -> str | None:
-        with self.engine.connect() as conn:
-            try:
-                return conn.execute(sa.text("SELECT value FROM desq_state WHERE key = :k"), {"k": key}).scalar_one_or_none()
-            except sa.exc.DatabaseError:
-                return None
-
-    def wait_finished(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for w in self.workers:
-                assert w.poll() is None, self.logs()
-            if self.state(f"night:{TODAY}:finished"):
-                time.sleep(3)  # would a second finish_night come?
-                return json.loads(self.state(f"night:{TODAY}:summary") or "{}")
-            time.sleep(0.5)
-        pytest.fail("the night did not finish: " + self.logs())
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.root.glob("*.log"))
-
-    def check(self, summary: dict) -> None:
-        settings = load_settings(env={k: v for k, v in self.env.items() if k.startswith("DESQ_")})
-        layout = settings.layout
-        archive = Archive(LocalStorage(self.root / "archive"))
-        for i, (day, data) in self.contents.items():
-            name = f"{day:%Y%m%d}_{i}"
-            shard = shard_of_name(name, layout.shard_bits)
-            assert archive.read(container_key(day, shard, layout.shard_bits), name) == data
-        assert summary["files"] == len(self.contents) and summary["failed_rows"] == 0
-        for key, who in summary["packed_by"].items():
-            queue = layout.queue_of(int(key.split("/")[1].removesuffix(".des"), 16))
-            assert who["queue"] == queue and who["worker"].startswith(f"packer-{queue.removeprefix('shards-')}@"), (key, who)
-        assert self.state(f"night:{TODAY}:finished") == "1"
-        with self.engine.connect() as conn:
-            assert conn.execute(sa.text(f"SELECT count(*) FROM {self.table} WHERE des_status = 'PACKED'")).scalar_one() == len(self.contents)
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.terminate()
-        for w in self.workers:
-            try:
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.kill()
-        with self.engine.begin() as conn:
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.table}"))
-            conn.execute(sa.text("DROP TABLE IF EXISTS desq_state"))
-            conn.execute(sa.text("DROP TABLE IF EXISTS desq_lease"))
-        self.engine.dispose()
-
-
-def fresh_redis(redis_url: str, db: int) -> str:
-    """An emptied Redis database of its own for one test's broker."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    subprocess.run(["redis-cli", "-u", url, "FLUSHDB"], check=True, capture_output=True)
-    return url
 
 
 def run_night(night: Night, files: int, days: int, timeout: float) -> None:

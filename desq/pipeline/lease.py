@@ -143,6 +143,14 @@ class Leases:
             return None
         return row.holder, _aware(row.expires_at)
 
+    def live_token(self, key: str) -> int | None:
+        """The fencing token of the unexpired lease on ``key``; None while it is free or expired."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(LEASE.c.token, LEASE.c.expires_at).where(LEASE.c.key == key)).first()
+        if row is None or _aware(row.expires_at) < _now():
+            return None
+        return int(row.token)
+
     def clear_expired(self) -> int:
         """Forget expired leases; returns how many."""
         with self.engine.begin() as conn:

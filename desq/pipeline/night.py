@@ -119,20 +119,34 @@ class RecoverReport:
 
 
 def recover(settings: Settings, *, older_than: timedelta = timedelta(hours=6), source: SourceTable | None = None, storage: Storage | None = None) -> RecoverReport:
-    """Clear what crashed packers left: expired leases, abandoned uploads, old staging objects.
+    """Clear what crashed packers left: expired leases, abandoned uploads, stale staging objects.
 
-    Only ``<key>.staging-*`` objects are removed, never a container: a container is replaced only by
-    publishing a verified staging object over it.
+    Only ``<key>.staging-<token>`` objects are removed, never a container: a container is replaced
+    only by publishing a verified staging object over it. A staging object is stale once its packer
+    no longer holds the lease with that token (it can never publish it), or when it is older than
+    ``older_than``.
     """
     source = source or SourceTable.connect(settings)
     storage = storage or storage_for(settings)
     report = RecoverReport()
     engine = create_engine(settings.state.db_url) if settings.state.db_url else source.engine
-    report.leases = Leases(engine).clear_expired()
+    leases = Leases(engine)
+    report.leases = leases.clear_expired()
     report.uploads = storage.abort_stale_uploads(older_than.total_seconds())
     cutoff = datetime.now(timezone.utc) - older_than
     for info in storage.list():
-        if STAGING in info.key.rpartition("/")[2] and (info.modified is None or info.modified < cutoff):
+        if STAGING not in info.key.rpartition("/")[2]:
+            continue
+        if info.modified is None or info.modified < cutoff or not _staging_is_live(leases, info.key):
             storage.delete(info.key)
             report.staging += 1
     return report
+
+
+def _staging_is_live(leases: Leases, staging: str) -> bool:
+    """Whether the packer that writes ``<key>.staging-<token>`` still holds the lease of that token."""
+    key, _, token = staging.rpartition(STAGING)
+    try:
+        return leases.live_token(f"pack:{key}") == int(token, 16)
+    except ValueError:
+        return True

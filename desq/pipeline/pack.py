@@ -25,18 +25,20 @@ from datetime import date, datetime
 from typing import Any, BinaryIO
 
 from crc32c import crc32c
+from sqlalchemy.exc import SQLAlchemyError
 
-from desq.archive import Archive, store_external
+from desq.archive import Archive, external_key_for, store_external
 from desq.container import ContainerError, ContainerWriter
 from desq.errors import DesqError
+from desq.failpoints import failpoint
 from desq.layout import LAYOUT_VERSION, container_key, shard_hex
-from desq.pipeline.lease import LeaseLost, Leases
+from desq.pipeline.lease import Lease, LeaseLost, Leases
 from desq.settings import Settings
 from desq.source.fetch import Fetcher
 from desq.source.plan import mark_packed, name_rows_for, uid_rows_for
 from desq.source.rows import SourceRow
 from desq.source.table import SourceTable, as_datetime, create_engine
-from desq.storage import NotFound, Storage, storage_for
+from desq.storage import NotFound, Storage, join_key, storage_for
 
 STAGING = ".staging-"
 """Staging objects are ``<key>.staging-<token>``; ``recover`` removes old ones."""
@@ -122,32 +124,62 @@ class Packer:
             return report
         try:
             with lease.keep_alive():
+                failpoint("pack.after_lease")
                 todo = list(rows if rows is not None else self.rows(day, shard))
                 if not todo:
                     report.status = "nothing"
                     return report
                 staging = f"{key}{STAGING}{lease.token:x}"
-                expected, packed = self._write(key, staging, todo, report)
-                if not packed:
-                    self.storage.delete(staging)
-                    report.status = "nothing"
-                    return report
-                self._verify(staging, expected)
-                lease.check()
-                self.storage.publish(staging, key)
+                beside: list[str] = []
+                publishing = False
+                try:
+                    expected, packed = self._write(key, staging, todo, report, beside)
+                    if not packed:
+                        self.storage.delete(staging)
+                        report.status = "nothing"
+                        return report
+                    self._verify(staging, expected)
+                    lease.check()
+                    failpoint("pack.after_verify")
+                    publishing = True
+                    self.storage.publish(staging, key)
+                except Exception:
+                    self._discard(lease, staging, [] if publishing else beside)
+                    raise
+                failpoint("pack.after_publish")
                 if self.settings.mode == "name":
-                    report.marked_packed = mark_packed(self.source, [r.id for r in packed])
+                    report.marked_packed = mark_packed(self.source, [r.id for r in packed], batch_size=self.settings.source.batch_size)
+                    failpoint("pack.after_mark")
                 if self.settings.archive.delete_originals:
                     report.deleted_originals = self._delete_originals(packed, report)
         except LeaseLost as exc:
             raise PackFailed(str(exc)) from exc
         finally:
-            lease.release()
+            try:
+                lease.release()
+            except SQLAlchemyError:  # the lease expires by itself; what the pack did stands
+                pass
             report.seconds = round(time.monotonic() - started, 3)
+        failpoint("pack.done")
         return report
 
-    def _write(self, key: str, staging: str, rows: list[SourceRow], report: PackReport) -> tuple[dict[str, int], list[SourceRow]]:
-        """Stream the new container to ``staging``; return (CRC32C of each new member, rows packed)."""
+    def _discard(self, lease: Lease, staging: str, beside: list[str]) -> None:
+        """After a failed pack: remove its staging object and the big members it stored that no
+        published container references (only while the lease is ours: another packer stores the
+        same names under the same keys). Best effort: ``recover`` clears what is left."""
+        try:
+            self.storage.delete(staging)
+            if beside:
+                lease.check()
+                for external in beside:
+                    self.storage.delete(external)
+        except Exception:  # noqa: BLE001 - the failure that brought us here is the one to report
+            pass
+
+    def _write(self, key: str, staging: str, rows: list[SourceRow], report: PackReport, beside: list[str] | None = None) -> tuple[dict[str, int], list[SourceRow]]:
+        """Stream the new container to ``staging``; return (CRC32C of each new member, rows packed).
+
+        ``beside`` gets the keys of the big members stored for names the existing container lacks."""
         existing = None
         try:
             existing = Archive(self.storage, cache_bytes=0).open(key)
@@ -160,6 +192,7 @@ class Packer:
         settings = self.settings
         expected: dict[str, int] = {}
         packed: list[SourceRow] = []
+        kept: set[str] | None = None
         with self.storage.open_upload(staging) as upload:
             writer = ContainerWriter(upload)
             with Fetcher(
@@ -169,6 +202,7 @@ class Packer:
                 threads=settings.source.fetch_threads,
             ) as fetcher:
                 for original in fetcher.fetch(rows):
+                    failpoint("pack.fetched")
                     row = original.row
                     if original.error is not None:
                         report.failed_rows += 1
@@ -181,12 +215,18 @@ class Packer:
                         expected[row.name] = crc32c(original.data)
                     else:
                         assert original.open is not None
+                        if beside is not None:
+                            if kept is None:
+                                kept = {m.name for m in existing.members()} if existing is not None else set()
+                            if row.name not in kept:
+                                beside.append(join_key(key, external_key_for(key, row.name)))
                         ref = store_external(self.storage, key, row.name, _chunks(original.open()), original.size, content_type=original.content_type)
                         writer.add_external(
                             row.name, size=ref.size, checksum=ref.checksum, block_checksums=ref.block_checksums,
                             external_key=ref.external_key, content_type=original.content_type, path=row.path, created_at=created,
                         )
                         expected[row.name] = ref.checksum
+                    failpoint("pack.member_written")
                     report.files += 1
                     report.bytes += original.size
                     packed.append(row)
@@ -194,6 +234,7 @@ class Packer:
                 report.kept = writer.merge(existing)  # type: ignore[arg-type]
             writer.close()
             upload.commit()
+            failpoint("pack.after_upload")
         return expected, packed
 
     def _verify(self, staging: str, expected: dict[str, int]) -> None:
@@ -224,6 +265,7 @@ class Packer:
                 try:
                     fetcher.delete_original(row)
                     deleted += 1
+                    failpoint("pack.deleted")
                 except DesqError as exc:
                     if len(report.failures) < 20:
                         report.failures.append(f"row {row.id}: original not deleted: {exc}")

@@ -16,6 +16,7 @@ from datetime import date, timedelta
 
 import sqlalchemy as sa
 
+from desq.failpoints import failpoint
 from desq.layout import LayoutError, shard_of_name
 from desq.source.table import READY, SourceTable, as_datetime
 
@@ -107,7 +108,9 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                     .values({c.des_name: sa.case(names, value=c.id), c.des_shard: sa.case(shards, value=c.id), c.des_status: READY})
                 )
                 report.marked += result.rowcount
+                failpoint("marker.in_batch")
         report.batches += 1
+        failpoint("marker.between_batches")
     report.null_created_at = source.count(c.des_status.is_(None), c.created_at.is_(None))
     report.future_created_at = source.count(c.des_status.is_(None), c.created_at > source.now())
     report.seconds = time.monotonic() - started
