@@ -15,7 +15,7 @@ from urllib.parse import quote
 from desq.archive import Archive
 from desq.cutoff import read_published
 from desq.errors import DesqError
-from desq.layout import LayoutError
+from desq.layout import LayoutError, yyyymmdd
 from desq.settings import Settings
 
 
@@ -92,6 +92,6 @@ class FileService:
                 template = self.settings.web.original_url
                 if not template:
                     raise NotArchived(f"{name} was created after the archive cutoff ({cutoff or 'none yet'}); read it from the live store")
-                original = template.format(uid=quote(where.name, safe=""), date=f"{where.date:%Y%m%d}")
+                original = template.format(uid=quote(where.name, safe=""), date=yyyymmdd(where.date))
                 return Target(name=where.name, container=where.container, shard=where.shard_hex, original=original)
         return target

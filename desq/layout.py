@@ -159,7 +159,7 @@ def build_name(day: date, row_id: object, prefix: str = "") -> str:
     id_text = str(row_id)
     _check_text("row id", id_text)
     head = f"{check_prefix(prefix)}_" if prefix else ""
-    return _check_text("name", f"{head}{day:%Y%m%d}_{id_text}")
+    return _check_text("name", f"{head}{yyyymmdd(day)}_{id_text}")
 
 
 def parse_name(name: str) -> ParsedName:
@@ -191,6 +191,11 @@ def check_text_uid(uid: str) -> str:
 
 
 # --- dates ----------------------------------------------------------------------------------
+
+
+def yyyymmdd(day: date) -> str:
+    """A day as its 8 digits, ``YYYYMMDD`` (``%Y`` would write the year 999 as 3 digits)."""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
 def parse_yyyymmdd(text: str) -> date:
@@ -240,7 +245,7 @@ def start_of_day(day: date, zone: tzinfo) -> datetime:
 
 def container_key(day: date, shard: int, bits: int) -> str:
     """``<YYYYMMDD>/<SHARD>.des`` under the archive url."""
-    return f"{day:%Y%m%d}/{shard_hex(shard, bits)}.des"
+    return f"{yyyymmdd(day)}/{shard_hex(shard, bits)}.des"
 
 
 def check_queue_count(count: int, bits: int) -> int:

@@ -26,12 +26,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from desq import layout
 from desq.errors import DesqError
+from desq.failpoints import FAILPOINTS_DIR_ENV, FAILPOINTS_ENV
 
 ENV_PREFIX = "DESQ_"
 CONFIG_ENV = "DESQ_CONFIG"
 # DESQ_* variables that are not settings; any other unknown DESQ_* variable is an error,
 # so that a misspelt override never goes unnoticed.
-NON_SETTING_ENV = frozenset({CONFIG_ENV, "DESQ_DEBUG"})
+NON_SETTING_ENV = frozenset({CONFIG_ENV, "DESQ_DEBUG", FAILPOINTS_ENV, FAILPOINTS_DIR_ENV})
 
 
 class SettingsError(DesqError):
@@ -81,7 +82,7 @@ def _check_db_url(value: str) -> None:
 
     try:
         make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number; its text may hold the password
         raise ValueError("is not an SQLAlchemy database URL (e.g. postgresql://host/db)") from None
 
 
@@ -107,11 +108,11 @@ def _check_archive_url(value: str) -> None:
 def _check_http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL")
+        raise ValueError(f"{hide_password(value)!r} is not an http(s) URL")
     try:
         _ = parts.port  # urlsplit checks the port only when it is asked for it
     except ValueError:
-        raise ValueError(f"{value!r} has an invalid port") from None
+        raise ValueError(f"{hide_password(value)!r} has an invalid port") from None
 
 
 def _check_optional_http_url(value: str) -> None:
@@ -322,24 +323,25 @@ _BY_ENV = {o.env: o for o in SCHEMA}
 _TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean", tuple: "a list of strings"}
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, secret: bool = False) -> str:
+    """How an error names a value it refuses; a secret's value is never shown, only its type."""
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, (dict, list)):
         return "a table" if isinstance(value, dict) else "a list"
-    return f"{type(value).__name__} {value!r}"
+    return _TYPE_WORDS.get(type(value), f"a {type(value).__name__}") if secret else f"{type(value).__name__} {value!r}"
 
 
 def _from_toml(option: Option, value: Any) -> Any:
     kind = option.kind
     if kind is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"expected {_TYPE_WORDS[tuple]}, got {_describe(value)}")
+            raise ValueError(f"expected {_TYPE_WORDS[tuple]}, got {_describe(value, option.secret)}")
         return tuple(value)
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"expected an integer, got {_describe(value)}")
+        raise ValueError(f"expected an integer, got {_describe(value, option.secret)}")
     if kind is not int and not isinstance(value, kind):
-        raise ValueError(f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}")
+        raise ValueError(f"expected {_TYPE_WORDS[kind]}, got {_describe(value, option.secret)}")
     return value
 
 
@@ -365,7 +367,8 @@ def _from_env(option: Option, text: str) -> Any:
         try:
             items = json.loads(text)
         except json.JSONDecodeError:
-            raise ValueError(f"is not a JSON array of strings: {text!r}") from None
+            shown = "" if option.secret else f": {text!r}"
+            raise ValueError(f"is not a JSON array of strings{shown}") from None
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
             raise ValueError("expected a JSON array of strings")
         return tuple(items)
@@ -494,15 +497,23 @@ def _cross_check(settings: Settings, origin: Callable[[str], str]) -> None:
 # --- presenting ------------------------------------------------------------------------------
 
 
+# ``scheme://[user]:password@``. The password is hidden up to the last "@": SQLAlchemy reads a
+# password up to the first "@" and lets it hold "/", "?" and "#", urllib (redis, kombu) up to the
+# last; hiding up to the last covers both.
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/]*:).*@")
+
+
+def hide_password(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***`` (anything else unchanged)."""
+    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
+
+
 def mask(option: Option, value: Any) -> Any:
-    """The value as it may be shown or logged: passwords in URLs and tokens hidden."""
-    if not option.secret or not value:
-        return value
+    """The value as it may be shown or logged: passwords in any URL, and secret lists, hidden."""
     if isinstance(value, tuple):
-        return tuple("***" for _ in value)
-    parts = urlsplit(value)
-    if parts.password:
-        return value.replace(f":{parts.password}@", ":***@", 1)
+        return tuple("***" for _ in value) if option.secret else tuple(hide_password(v) for v in value)
+    if isinstance(value, str):
+        return hide_password(value)
     return value
 
 

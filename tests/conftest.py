@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
+pytest_plugins = ["log_secrets"]  # fails the run when a test secret shows up in any log
 
 
 def _service_env() -> dict[str, str]:

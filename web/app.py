@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from flask import Flask
+from werkzeug.routing import PathConverter
 
 from desq.archive import Archive
 from desq.files import FileService
@@ -19,10 +20,20 @@ from web.health import health
 from web.openapi import openapi
 
 
+class NamePath(PathConverter):
+    """werkzeug's ``path`` converter, matching newlines too."""
+
+    regex = r"[^/][\s\S]*?"
+
+
 def create_app(settings: Settings | None = None, *, storage: Storage | None = None, role: str = "files") -> Flask:
     """The files API (``role="files"``) or the router (``role="router"``) for ``settings``."""
     settings = settings or load_settings()
     app = Flask("desq")
+    # A name may hold a newline (werkzeug's path converter would stop there: a 404, not the layout's
+    # 400), and a "//" in it is never merged into a redirect to another name.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["path"] = NamePath
     app.extensions["desq.settings"] = settings
     app.json.sort_keys = False
     register_error_handlers(app)

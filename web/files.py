@@ -3,7 +3,8 @@
 Ranges, If-None-Match and 416 follow werkzeug's parsing of the request over a view of the member
 (its first byte is offset 0, its size the complete length); only the bytes asked for are read from
 storage, streamed, and each block is checked before it is sent. A multi-range request is answered
-with the whole file, which RFC 9110 allows a server to do.
+with the whole file, which RFC 9110 allows a server to do; so is a Range whose If-Range does not
+name the file's exact (strong) ETag. A suffix range longer than the file means all of it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file
-from werkzeug.datastructures import ContentRange
+from werkzeug.datastructures import ContentRange, Range
 
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
 from desq.files import FileService, FilesError, NotFoundError
@@ -32,13 +33,24 @@ def service() -> FileService:
     return current_app.extensions["desq.files"]
 
 
+def bearer_token(header: str) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header, b"" for any other header.
+
+    RFC 9110 makes the scheme case-insensitive and RFC 6750 puts one or more spaces after it.
+    """
+    scheme, _, token = header.strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        return b""
+    return token.strip(" \t").encode("utf-8", "replace")
+
+
 @files.before_request
 def require_token() -> Response | None:
+    """401 unless ``web.api_tokens`` is empty or the request carries one of them."""
     tokens = current_app.extensions["desq.settings"].web.api_tokens
     if not tokens:
         return None
-    header = request.headers.get("Authorization", "")
-    given = header[7:].encode() if header.startswith("Bearer ") else b""
+    given = bearer_token(request.headers.get("Authorization", ""))
     # Compare against every token, whatever matches, so timing says nothing about which one.
     ok = False
     for token in tokens:
@@ -73,6 +85,23 @@ def _failure(exc: Exception) -> Response:
     raise exc
 
 
+def _bounds(ranges: Range, size: int) -> tuple[int, int] | None:
+    """``[start, stop)`` of the one byte range asked for in a file of ``size`` bytes; None if unsatisfiable.
+
+    A suffix longer than the file means all of it (RFC 9110 14.1.2); werkzeug would refuse it.
+    """
+    start, stop = ranges.ranges[0]
+    if stop is None and start < 0:
+        return (max(0, size + start), size) if size else None
+    return ranges.range_for_length(size)
+
+
+def _if_range_holds(etag: str) -> bool:
+    """No If-Range, or one naming exactly this strong ETag (RFC 9110 13.1.5); else the Range is ignored."""
+    value = request.headers.get("If-Range")
+    return value is None or value.strip() == f'"{etag}"'
+
+
 def _original(url: str) -> Response:
     """uid mode, a file newer than the cutoff: a 307 to where it lives (S3: a presigned URL), or
     for a file:// original, the file itself (Range and ETag by werkzeug)."""
@@ -83,6 +112,8 @@ def _original(url: str) -> Response:
         url = client.generate_presigned_url("get_object", Params={"Bucket": parts.netloc, "Key": unquote(parts.path.lstrip("/"))}, ExpiresIn=900)
     elif parts.scheme == "file":
         path = unquote(parts.path)
+        if any(part in (".", "..") for part in path.split("/")):
+            return error_response(400, "bad_request", "a uid of '.' or '..' cannot name an original file")
         if not os.path.isfile(path):
             return error_response(404, "not_found", "the original is not there")
         return send_file(path, conditional=True, etag=True)
@@ -100,15 +131,20 @@ def get_file(name: str) -> Response:
         ranges = request.range
         size = archive.size_hint(target.container, target.name) if ranges is not None else None
         if ranges is not None and ranges.units == "bytes" and len(ranges.ranges) == 1 and size is not None:
-            bounds = ranges.range_for_length(size)
+            bounds = _bounds(ranges, size)
             if bounds is None:
-                response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
-                response.headers["Content-Range"] = ContentRange("bytes", None, None, size).to_header()
-                return response
-            (start, stop), partial = bounds, True
+                if "If-Range" not in request.headers or _if_range_holds(_etag(archive.meta(target.container, target.name))):
+                    response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
+                    response.headers["Content-Range"] = ContentRange("bytes", None, None, size).to_header()
+                    return response
+            else:
+                (start, stop), partial = bounds, True
         meta, chunks = archive.open_range(target.container, target.name, start, stop)
         etag = _etag(meta)
-        if request.if_none_match.contains(etag):
+        if partial and not _if_range_holds(etag):  # not the file the client holds part of: all of it
+            meta, chunks = archive.open_range(target.container, target.name)
+            start, stop, partial = 0, None, False
+        if request.if_none_match.contains_weak(etag):  # If-None-Match compares weakly (RFC 9110 13.1.2)
             response = Response(status=304)
             response.set_etag(etag)
             return response

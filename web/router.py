@@ -2,8 +2,9 @@
 
 The shard comes from the layout (the same validation as the files API, so a malformed name is a
 400 here too); the owner and its failover come from the consistent-hash ring. The proxy streams:
-headers that matter go through (Range, If-None-Match, Authorization), hop-by-hop ones do not, and
-the backend's status, headers and body come back unchanged and unbuffered over pooled keep-alive
+headers that matter go through (Range, If-None-Match, Authorization), hop-by-hop ones do not (with
+``web.api_tokens`` set, the router checks the token itself before asking any backend), and the
+backend's status, headers and body come back unchanged and unbuffered over pooled keep-alive
 connections. A connect error or a 503 from the owner sends the request to the next choice.
 """
 
@@ -24,6 +25,7 @@ from desq.layout import LayoutError, shard_hex
 from desq.ownership import Ring
 from desq.settings import Settings
 from web.errors import error_response
+from web.files import require_token
 
 router = Blueprint("router", __name__)
 
@@ -156,6 +158,9 @@ def _shard_of(name: str) -> int:
 
 
 def _forward(path: str, name: str) -> Response:
+    denied = require_token()  # the router's own web.api_tokens, checked before any backend is asked
+    if denied is not None:
+        return denied
     try:
         shard = _shard_of(name)
     except BadRequest as exc:
@@ -168,7 +173,7 @@ def _forward(path: str, name: str) -> Response:
     headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
     for attempt, backend in enumerate(order):
         try:
-            answer = group.pool.request(request.method, backend + target, headers=headers, preload_content=False, redirect=False)
+            answer = _send(group, backend + target, headers)
         except urllib3.exceptions.HTTPError:
             group.health[backend].failed()
             ERRORS.labels(backend=backend).inc()
@@ -186,6 +191,15 @@ def _forward(path: str, name: str) -> Response:
     return error_response(503, "unavailable", f"no backend for shard {shard_hex(shard, group.bits)} answered")
 
 
+def _send(group: Backends, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+    """Forward the request; once more on a new connection if the pooled keep-alive one was closed by
+    the backend before any answer (its idle timeout raced our reuse). GET and HEAD are idempotent."""
+    try:
+        return group.pool.request(request.method, url, headers=headers, preload_content=False, redirect=False)
+    except urllib3.exceptions.ProtocolError:
+        return group.pool.request(request.method, url, headers=headers, preload_content=False, redirect=False)
+
+
 def _relay(answer: urllib3.BaseHTTPResponse) -> Response:
     def body() -> Iterator[bytes]:
         try:
@@ -194,7 +208,10 @@ def _relay(answer: urllib3.BaseHTTPResponse) -> Response:
             answer.release_conn()
 
     headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]
-    return Response(body() if request.method != "HEAD" else b"", status=answer.status, headers=headers, direct_passthrough=True)
+    if request.method == "HEAD":  # no body; and not b"", which would reset Content-Length to 0
+        answer.release_conn()
+        return Response(None, status=answer.status, headers=headers)
+    return Response(body(), status=answer.status, headers=headers, direct_passthrough=True)
 
 
 @router.route("/files/<path:name>", methods=["GET", "HEAD"])

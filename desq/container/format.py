@@ -51,6 +51,8 @@ HASH_SIZE = 8
 ENTRY_SIZE = HASH_SIZE + ENTRY.size  # 24 bytes a member: all the index memory a reader holds
 
 NAME_LEN = struct.Struct("<H")
+MAX_REGION_BYTES = 1 << 30
+"""Largest INDEX, and largest NAMES, a writer writes and a reader accepts (INDEX: 44,739,242 members)."""
 
 FOOTER_MAGIC = b"DESQEND2"
 FOOTER = struct.Struct("<QQQQIIHHIII8s")
@@ -391,9 +393,11 @@ def parse_footer(tail: bytes, size: int) -> Footer:
         HEADER_SIZE <= names_offset
         and names_offset + names_length == index_offset
         and index_offset + footer.index_length == size - FOOTER_SIZE
-        and names_length >= count * (NAME_LEN.size + 1)
+        and count * (NAME_LEN.size + 1) <= names_length <= count * (NAME_LEN.size + MAX_NAME_BYTES)
     ):
         raise CorruptContainer("container footer regions do not fit the object")
+    if footer.index_length > MAX_REGION_BYTES or names_length > MAX_REGION_BYTES:
+        raise CorruptContainer(f"container footer claims {count} members in a {footer.index_length}-byte index and {names_length} bytes of names; a reader accepts at most {MAX_REGION_BYTES} bytes of each")
     return footer
 
 

@@ -172,6 +172,8 @@ class ContainerWriter:
         """Write NAMES, INDEX and FOOTER; the container is complete once this returns."""
         self._check_open()
         count = len(self._hashes)
+        if count * fmt.ENTRY_SIZE > fmt.MAX_REGION_BYTES or len(self._names) > fmt.MAX_REGION_BYTES:
+            raise WriterError(f"{count} members with {len(self._names)} bytes of names are more than one container holds (at most {fmt.MAX_REGION_BYTES} bytes of index and of names)")
         order = sorted(range(count), key=self._hashes.__getitem__)
         names_offset = self._pos
         names = self._names_in(order)

@@ -16,7 +16,8 @@ from datetime import date, timedelta
 
 import sqlalchemy as sa
 
-from desq.layout import LayoutError, parse_name, parse_yyyymmdd
+from desq.failpoints import failpoint
+from desq.layout import LayoutError, parse_name, parse_yyyymmdd, yyyymmdd
 from desq.source.rows import SourceRow
 from desq.source.table import PACKED, READY, SourceTable
 
@@ -86,7 +87,7 @@ def name_rows_for(source: SourceTable, day: date, shard: int, *, batch_size: int
     c = source.columns
     assert c.des_name is not None and c.des_shard is not None and c.des_status is not None
     query = sa.select(c.id, c.des_name, source.created_read, c.path).where(
-        c.des_status == READY, c.des_shard == shard, _name_date(source) == f"{day:%Y%m%d}"
+        c.des_status == READY, c.des_shard == shard, _name_date(source) == yyyymmdd(day)
     )
     for batch in source.batches(query, batch_size or source.settings.source.batch_size):
         for row_id, name, created, path in batch:
@@ -106,6 +107,8 @@ def mark_packed(source: SourceTable, ids: Iterable[object], *, batch_size: int =
     pending = list(ids)
     for at in range(0, len(pending), batch_size):
         chunk = pending[at : at + batch_size]
+        if at:
+            failpoint("pack.marked_batch")
         result = source.execute(sa.update(source.table).where(c.id.in_(chunk), c.des_status == READY).values({c.des_status: PACKED}))
         done += result.rowcount
     return done

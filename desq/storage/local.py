@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from stat import S_ISDIR
 
 from desq.container.source import pread_exactly
 from desq.storage.base import InvalidKey, NotFound, ObjectInfo, RangeError, StaleObject, Storage, StorageError, Upload, check_key
@@ -23,6 +24,12 @@ def _etag(stat: os.stat_result) -> str:
 
 def _info(key: str, stat: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key=key, size=stat.st_size, etag=_etag(stat), modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+
+
+def _why(exc: OSError) -> str:
+    """An OSError as one line naming its errno: "No space left on device (ENOSPC)"."""
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{exc.strerror} ({name})" if exc.strerror and name else str(exc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,7 +57,7 @@ class _LocalUpload(Upload):
             return self._file.write(data)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"writing {self._key!r} failed: {exc.strerror or exc}") from exc
+            raise StorageError(f"writing {self._key!r} failed: {_why(exc)}") from exc
 
     def commit(self) -> ObjectInfo:
         if self._done:
@@ -62,13 +69,13 @@ class _LocalUpload(Upload):
             os.replace(self._temp, self._target)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"storing {self._key!r} failed: {exc.strerror or exc}") from exc
+            raise StorageError(f"storing {self._key!r} failed: {_why(exc)}") from exc
         self._done = True
         try:
             _fsync_dir(self._target.parent)
         except OSError as exc:
             # The new object is complete and visible; only its rename may not survive a crash.
-            raise StorageError(f"stored {self._key!r} but could not make it durable: {exc.strerror or exc}") from exc
+            raise StorageError(f"stored {self._key!r} but could not make it durable: {_why(exc)}") from exc
         return _info(self._key, self._target.stat())
 
     def abort(self) -> None:
@@ -89,13 +96,25 @@ class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.url = self.root.resolve().as_uri()
+        self._real_root = os.path.realpath(self.root)
 
     def path(self, key: str) -> Path:
-        """The file that holds ``key``."""
+        """The file that holds ``key``; InvalidKey if a symbolic link would take it outside the root."""
         check_key(key)
         if any(part.startswith(TEMP_PREFIX) for part in key.split("/")):
             raise InvalidKey(f"storage key {key!r} uses the reserved prefix {TEMP_PREFIX!r}")
-        return self.root.joinpath(*key.split("/"))
+        path = self.root.joinpath(*key.split("/"))
+        if not self._inside(os.path.realpath(path)):
+            raise InvalidKey(f"storage key {key!r} leads outside {self.url} through a symbolic link")
+        return path
+
+    def _inside(self, real: str) -> bool:
+        for attempt in range(2):
+            if attempt:  # the root may have been created, or the working directory changed, since
+                self._real_root = os.path.realpath(self.root)
+            if real == self._real_root or real.startswith(self._real_root.rstrip(os.sep) + os.sep):
+                return True
+        return False
 
     def _open(self, key: str, if_match: str | None) -> tuple[int, os.stat_result]:
         path = self.path(key)
@@ -106,8 +125,11 @@ class LocalStorage(Storage):
         except IsADirectoryError:
             raise NotFound(f"{key!r} in {self.url} is a folder, not an object") from None
         except OSError as exc:
-            raise StorageError(f"cannot open {key!r}: {exc.strerror}") from exc
+            raise StorageError(f"cannot open {key!r}: {_why(exc)}") from exc
         stat = os.fstat(fd)
+        if S_ISDIR(stat.st_mode):  # a folder opens for reading on Linux; it is no object
+            os.close(fd)
+            raise NotFound(f"{key!r} in {self.url} is a folder, not an object")
         if if_match is not None and _etag(stat) != if_match:
             os.close(fd)
             raise StaleObject(f"{key!r} changed since it was opened")
@@ -148,7 +170,7 @@ class LocalStorage(Storage):
         try:
             return _LocalUpload(self, key, self.path(key))
         except OSError as exc:
-            raise StorageError(f"cannot start writing {key!r}: {exc.strerror or exc}") from exc
+            raise StorageError(f"cannot start writing {key!r}: {_why(exc)}") from exc
 
     def publish(self, staging: str, key: str) -> ObjectInfo:
         source, target = self.path(staging), self.path(key)
@@ -159,7 +181,7 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise NotFound(f"no object {staging!r} in {self.url} to publish") from None
         except OSError as exc:
-            raise StorageError(f"cannot publish {staging!r} as {key!r}: {exc.strerror or exc}") from exc
+            raise StorageError(f"cannot publish {staging!r} as {key!r}: {_why(exc)}") from exc
         return _info(key, target.stat())
 
     def delete(self, key: str) -> None:
@@ -170,7 +192,7 @@ class LocalStorage(Storage):
         except IsADirectoryError:
             raise StorageError(f"{key!r} is a folder, not an object") from None
         except OSError as exc:
-            raise StorageError(f"cannot delete {key!r}: {exc.strerror}") from exc
+            raise StorageError(f"cannot delete {key!r}: {_why(exc)}") from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         folder = prefix.rpartition("/")[0]
@@ -190,8 +212,8 @@ class LocalStorage(Storage):
         for key in sorted(found):
             try:
                 yield _info(key, self.path(key).stat())
-            except FileNotFoundError:
-                continue  # deleted while listing
+            except (FileNotFoundError, InvalidKey):
+                continue  # deleted while listing, or a link to outside the root
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds
@@ -207,5 +229,5 @@ class LocalStorage(Storage):
                 continue
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
-                    raise StorageError(f"cannot remove abandoned upload {path}: {exc.strerror}") from exc
+                    raise StorageError(f"cannot remove abandoned upload {path}: {_why(exc)}") from exc
         return removed
