@@ -433,6 +433,23 @@ def bench(quick: bool, json_path: str | None, pg: str | None, s3: str | None, re
         raise DesqError("a benchmark failed; see its row in bench/results/latest.md")
 
 
+@main.command()
+@common_options
+@click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Length of each soak: direct, then through the router.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds of load before the first memory sample.")
+@click.option("--connections", type=click.IntRange(min=1), default=64, show_default=True, help="Concurrent connections (wrk).")
+@click.option("--members", type=click.IntRange(min=1), default=2000, show_default=True, help="Members of 1-64 KiB in the soak's own archive.")
+@click.option("--json", "json_path", metavar="FILE", help="Also write the full report here.")
+def soak(seconds: float, warmup: float, connections: int, members: int, json_path: str | None) -> None:
+    """Load soak of the files API under gunicorn and through the router: errors, p50/p99, worker memory (from a checkout: bench/)."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+    if not script.is_file():
+        raise DesqError("desq soak runs from a checkout of desq (it needs bench/)")
+    args = [sys.executable, str(script), "--seconds", f"{seconds:g}", "--warmup", f"{warmup:g}", "--connections", str(connections), "--members", str(members)]
+    if subprocess.call(args + (["--json", json_path] if json_path else [])):
+        raise DesqError("the soak failed (errors, a worker restarted, or worker memory grew by 10% or more); see its table")
+
+
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
     """Verify one container, printing a BAD line a problem: (problems, members, format version)."""
     try:
