@@ -6,9 +6,12 @@ broker, result backend, queues and time zone come from the same settings as ever
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from celery.backends.redis import RedisBackend
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
@@ -24,6 +27,34 @@ TASK_TIME_LIMIT = 4 * 3600
 """Hard limit of one task; the Redis visibility timeout is set above it, so no running task is
 ever redelivered to a second worker while the first still works on it (celery#5935, #3430)."""
 VISIBILITY_TIMEOUT = TASK_TIME_LIMIT + 3600
+RESULT_RETRIES = 100
+"""Attempts to store a task's result (or count it in its chord) while Redis is unreachable (backoff up to 10 s each)."""
+PUBLISH_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+"""Sending a task (the night's fan-out, the chord's finish_night) waits up to about two minutes for the broker."""
+
+REDIS_RESULT_BACKEND = "desq.celeryconf:RedisResultBackend"
+logger = logging.getLogger(__name__)
+
+
+class RedisResultBackend(RedisBackend):
+    """Celery's Redis result backend, whose chord bookkeeping also waits out a Redis restart.
+
+    Celery retries storing a result (``result_backend_always_retry``) but not counting the task in
+    its chord: a connection error there turned a packed shard into a failed chord member, and the
+    night's finish_night never ran. Counting is idempotent per task (Celery's script records each
+    task id once), so it is retried like a result. ``tasks.app`` installs this for redis:// URLs.
+    """
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, RESULT_RETRIES + 1):
+            try:
+                return super().on_chord_part_return(request, state, result, **kwargs)
+            except self.connection_errors as exc:
+                if attempt == RESULT_RETRIES:
+                    raise
+                logger.warning("counting task %s in its chord failed (%r); retrying", getattr(request, "id", "?"), exc)
+                time.sleep(min(10.0, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")
 
 
 class ShardRouter:
@@ -97,11 +128,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": (ShardRouter(settings.layout),),
         "task_track_started": True,
         "result_expires": 7 * 86400,
+        # A result stored while Redis restarts waits for it to come back, instead of the finished task
+        # being lost (its message stuck unacknowledged for the visibility timeout, its chord never done).
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": RESULT_RETRIES,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         # Events for Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": {
             "nightly": {"task": "desq.nightly", "schedule": crontab(minute=0, hour=0)},
             "recover": {"task": "desq.recover", "schedule": crontab(minute=30)},
+            # Sends again what a broker restart lost of a night's pack_shard messages (tasks.pipeline).
+            "watch_nights": {"task": "desq.watch_nights", "schedule": float(max(5, settings.pipeline.lease_seconds))},
         },
     }

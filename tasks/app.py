@@ -5,8 +5,12 @@ from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 
+from desq.celeryconf import REDIS_RESULT_BACKEND
+
 app = Celery("desq")
 app.config_from_object("celeryconfig")
+# Chord counting that survives a Redis restart (see RedisResultBackend).
+app.loader.override_backends = {"redis": REDIS_RESULT_BACKEND, "rediss": REDIS_RESULT_BACKEND}
 
 if app.conf.broker_url == "filesystem://":
     # The embedded broker and its file result backend need their folders before first use.

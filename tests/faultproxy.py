@@ -10,22 +10,26 @@ streamed back, unless a planned fault matches it::
         ...
         assert proxy.count("GET") == 3
 
+``proxy.chaos = Chaos(0.1, [Fault.error(500), Fault.reset()], seed=7)`` adds seeded random faults:
+each request no planned or ``always`` fault took gets one of them with probability 0.1.
+
 Keeping ``Host`` as the client sent it keeps SigV4 signatures valid (they cover it).
 """
 
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import struct
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-Kind = Literal["status", "reset", "delay", "truncate"]
+Kind = Literal["status", "reset", "delay", "truncate", "lost"]
 Where = Callable[[str], bool]
 """A predicate on the request target (``/bucket/key?partNumber=2&uploadId=...``)."""
 
@@ -82,9 +86,34 @@ class Fault:
         return cls("delay", seconds=seconds, method=method, where=where)
 
     @classmethod
+    def lost(cls, *, method: str | None = None, where: Where | None = None) -> Fault:
+        """Forward (the server does the request), then close with an RST: the answer is lost."""
+        return cls("lost", method=method, where=where)
+
+    @classmethod
     def truncate(cls, after_bytes: int, *, method: str | None = None, where: Where | None = None) -> Fault:
         """Forward, but close after ``after_bytes`` of the body (Content-Length stays the original)."""
         return cls("truncate", after_bytes=after_bytes, method=method, where=where)
+
+
+@dataclass
+class Chaos:
+    """Seeded random faults: a request gets one of ``faults`` (uniformly) with probability ``rate``."""
+
+    rate: float
+    faults: Sequence[Fault]
+    seed: int = 0
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self, method: str, target: str) -> Fault | None:
+        """The fault for this request, or None (called under the proxy's lock: one sequence per seed)."""
+        if self._random.random() >= self.rate:
+            return None
+        fault = self._random.choice(list(self.faults))
+        return fault if fault.matches(method, target) else None
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,7 @@ class Seen:
     method: str
     target: str
     fault: Kind | None
+    applied: Fault | None = None
 
 
 class FaultProxy:
@@ -105,6 +135,8 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.always: Fault | None = None
         """Applied to every matching request that no queued fault took."""
+        self.chaos: Chaos | None = None
+        """Random faults for the requests that neither a queued fault nor ``always`` took."""
         self._queue: list[Fault] = []
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -122,10 +154,11 @@ class FaultProxy:
             self._queue.extend([fault] * times)
 
     def clear(self) -> None:
-        """Drop every queued fault and the ``always`` fault."""
+        """Drop every queued fault, the ``always`` fault and the ``chaos``."""
         with self._lock:
             self._queue.clear()
             self.always = None
+            self.chaos = None
 
     @property
     def seen(self) -> list[Seen]:
@@ -152,7 +185,9 @@ class FaultProxy:
                 self._queue.remove(fault)
             elif self.always is not None and self.always.matches(method, target):
                 fault = self.always
-            self._seen.append(Seen(method, target, fault.kind if fault else None))
+            elif self.chaos is not None:
+                fault = self.chaos.draw(method, target)
+            self._seen.append(Seen(method, target, fault.kind if fault else None, fault))
             return fault
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -247,9 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         fault = proxy._take(self.command, self.path)
         if fault is not None and fault.kind == "reset":
-            self.close_connection = True
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
+            self._reset()
             return
         if fault is not None and fault.kind == "status":
             self._send_error(fault)
@@ -257,7 +290,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "delay" and proxy._stopping.wait(fault.seconds):
             self.close_connection = True
             return
+        if fault is not None and fault.kind == "lost":
+            self._forward(body, None, lose_answer=True)
+            return
         self._forward(body, fault.after_bytes if fault is not None and fault.kind == "truncate" else None)
+
+    def _reset(self) -> None:
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
@@ -274,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(xml)
 
-    def _forward(self, body: bytes, cut_after: int | None) -> None:
+    def _forward(self, body: bytes, cut_after: int | None, *, lose_answer: bool = False) -> None:
         proxy = self.server.proxy
         upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
         try:
@@ -284,6 +325,10 @@ class _Handler(BaseHTTPRequestHandler):
                     upstream.putheader(name, value)
             upstream.endheaders(body or None)
             response = upstream.getresponse()
+            if lose_answer:
+                response.read()
+                self._reset()
+                return
             self.send_response_only(response.status, response.reason)
             chunked = response.length is None  # chunked or read-to-EOF upstream: we send it chunked
             for name, value in response.getheaders():
