@@ -14,6 +14,7 @@ from celery.result import AsyncResult
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
+from desq.cutoff import StateStore
 from desq.pipeline import night
 from desq.pipeline.lease import LeaseLost
 from desq.pipeline.pack import Packer, PackReport
@@ -42,6 +43,12 @@ def settings() -> Settings:
 def packer() -> Packer:
     """One packer per worker process (its database pool and storage client are reused)."""
     return Packer(settings(), worker=app.current_worker_task.request.hostname if app.current_worker_task else None)
+
+
+@functools.cache
+def state() -> StateStore:
+    """desq's state table, opened once per worker process (watch_nights reads it every few seconds)."""
+    return night.state_store(settings(), SourceTable.connect(settings()))
 
 
 def _day(value: str | None) -> date:
@@ -115,11 +122,7 @@ def _watch_night(today: str) -> str:
     raw = app.backend.get(_watch_key(today))
     if raw is None:
         return "done"
-    source = SourceTable.connect(settings())
-    try:
-        finished = night.state_store(settings(), source).get(f"night:{today}:finished")
-    finally:
-        source.engine.dispose()
+    finished = state().get(f"night:{today}:finished")
     record = json.loads(raw)
     if finished or time.time() - record["since"] > WATCH_SECONDS:
         app.backend.delete(_watch_key(today))
