@@ -30,6 +30,8 @@ from desq.cutoff import advance as advance_cutoff
 from desq.pipeline.night import recover as recover_pipeline
 from desq.pipeline.night import run_sync
 from desq.pipeline.pack import Packer
+from desq.days import next_day, target_day
+from desq.source.audit import audit_days, count_on_days
 from desq.source.marker import mark
 from desq.source.plan import plan_names, plan_uids
 from desq.source.table import SourceTable, index_hints, masked
@@ -204,22 +206,25 @@ def source_check(settings: Settings) -> None:
     for key, column, kind in table.describe():
         click.echo(f"  {key:<28} -> {column} ({kind})")
     c = table.columns
+    today = _today(None, settings)
     click.echo(f"rows: {table.count()}")
+    for line in audit_days(table, today).lines():
+        click.echo(line)
     if settings.mode == "name":
         assert c.des_status is not None
-        cutoff = table.instant(_today(None, settings) - timedelta(days=settings.archive.after_days))
         with table.engine.connect() as conn:
             states = conn.execute(sa.select(c.des_status, sa.func.count()).group_by(c.des_status)).all()
         for status, count in sorted(states, key=lambda s: (s[0] is not None, str(s[0]))):
             click.echo(f"  des_status {status if status is not None else 'NULL'}: {count}")
-        click.echo(f"  not marked and old enough to mark now: {table.count(c.des_status.is_(None), c.created_at < cutoff)}")
+        old_enough = count_on_days(table, None, target_day(today, settings.archive.after_days), c.des_status.is_(None))
+        click.echo(f"  not marked and old enough to mark now: {old_enough}")
         for hint in index_hints(table):
             click.echo(f"hint: {hint}")
     else:
         cutoff_day = StateStore.connect(settings.state.db_url or settings.source.db_url).cutoff()
         click.echo(f"  archive cutoff: {cutoff_day or 'none yet'}")
         if cutoff_day:
-            click.echo(f"  created after the cutoff (read from the originals): {table.count(c.created_at >= table.instant(cutoff_day + timedelta(days=1)))}")
+            click.echo(f"  created after the cutoff (read from the originals): {count_on_days(table, next_day(cutoff_day), None)}")
 
 
 @main.command("mark")
@@ -242,12 +247,13 @@ def mark_(settings: Settings, today: date | None) -> None:
 @today_option
 @needs_settings
 def cutoff(settings: Settings, advance: bool, today: date | None) -> None:
-    """Print ARCHIVE_CUTOFF_DATE (uid mode); --advance moves it over fully archived days."""
+    """Print ARCHIVE_CUTOFF_DATE (uid mode) and, on stderr, what holds it behind its target;
+    --advance moves it over fully archived days."""
     if settings.mode != "uid":
         raise DesqError("the archive cutoff is uid mode's state; name mode tracks each row's des_status")
     state = StateStore.connect(settings.state.db_url or settings.source.db_url)
-    if advance:
-        report = advance_cutoff(SourceTable.connect(settings), state, Archive(storage_for(settings)), today=_today(today, settings))
+    report = advance_cutoff(SourceTable.connect(settings), state, Archive(storage_for(settings)), today=_today(today, settings), move=advance)
+    if advance or report.after != report.target:
         click.echo(report.summary(), err=True)
     current = state.cutoff()
     click.echo(current.isoformat() if current else "none")

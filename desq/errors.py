@@ -3,3 +3,7 @@
 
 class DesqError(Exception):
     """An error with a message fit for one line on stderr or one JSON error body."""
+
+
+class LayoutError(ValueError):
+    """A name, uid, shard, date or created_at that the layout cannot place."""

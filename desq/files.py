@@ -13,7 +13,7 @@ from datetime import date
 from urllib.parse import quote
 
 from desq.archive import Archive
-from desq.cutoff import read_published
+from desq.cutoff import read_document, read_night, read_published
 from desq.errors import DesqError
 from desq.layout import LayoutError, yyyymmdd
 from desq.settings import Settings
@@ -65,6 +65,23 @@ class Cutoff:
         return self._value
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the night published beside the containers, for metrics."""
+
+    cutoff_date: date | None
+    blocked_day: str | None
+    night: dict[str, object] | None
+
+
+def read_state(archive: Archive) -> Published:
+    """The cutoff document and the last night's summary (two small reads)."""
+    document = read_document(archive.storage) or {}
+    value = document.get("cutoff_date")
+    blocked = document.get("blocked_day")
+    return Published(date.fromisoformat(str(value)) if value else None, str(blocked) if blocked else None, read_night(archive.storage))
+
+
 class FileService:
     """Resolve requests to members for one deployment."""
 
@@ -73,6 +90,14 @@ class FileService:
         self.layout = settings.layout
         self.archive = archive
         self.cutoff = cutoff or Cutoff(archive)
+        self._state: tuple[float, Published] | None = None
+
+    def published(self, ttl: float = 30.0) -> Published:
+        """The archive's published state, re-read at most every ``ttl`` seconds."""
+        now = time.monotonic()
+        if self._state is None or now - self._state[0] > ttl:
+            self._state = (now, read_state(self.archive))
+        return self._state[1]
 
     def locate(self, name: str, created_at: str | None) -> Target:
         """The target of ``/files/<name>`` (uid mode: with ``?created_at=``); FilesError if bad."""

@@ -11,8 +11,11 @@ import hashlib
 import re
 import zlib
 from dataclasses import dataclass
-from datetime import date, datetime, time, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Literal
+
+from desq import days
+from desq.errors import LayoutError
 
 LAYOUT_VERSION = 1
 """Stored in every container; packers and readers refuse to mix versions."""
@@ -31,10 +34,6 @@ _DATE8_RE = re.compile(r"[0-9]{8}")
 # U+FFFD, which only ever stands for bytes that were not valid UTF-8.
 _FORBIDDEN_RE = re.compile(r"[/\\\x00-\x1f\x7f\ufffd]")
 _INT_UID_RE = re.compile(r"[0-9]+")
-
-
-class LayoutError(ValueError):
-    """A name, uid, shard or date that the layout cannot place."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,36 +207,19 @@ def parse_yyyymmdd(text: str) -> date:
         raise LayoutError(f"date {text!r} is not a calendar day") from None
 
 
-def date_of(created_at: datetime | date, zone: tzinfo) -> date:
-    """The day a ``created_at`` falls on in ``zone``.
-
-    A datetime without an offset is taken to be in ``zone`` already; a plain date is itself.
-    """
-    if isinstance(created_at, datetime):
-        if created_at.tzinfo is None or created_at.utcoffset() is None:
-            return created_at.date()
-        return created_at.astimezone(zone).date()
-    if isinstance(created_at, date):
-        return created_at
-    raise LayoutError(f"created_at must be a date or datetime, got {created_at!r}")
+def date_of(created_at: object, zone: tzinfo) -> date:
+    """The day a ``created_at`` falls on in ``zone`` (CONTRACT section 3; see ``desq.days``)."""
+    return days.day_of(created_at, zone)
 
 
 def parse_created_at(text: str, zone: tzinfo) -> date:
-    """``YYYY-MM-DD`` or ISO 8601 (with or without an offset) -> the day in ``zone``."""
+    """A created_at given by a user (a URL, the command line): ``YYYY-MM-DD`` or ISO 8601 -> its day."""
     if not isinstance(text, str) or not 10 <= len(text) <= 40:
         raise LayoutError(f"created_at {text!r} is not YYYY-MM-DD or ISO 8601")
     try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise LayoutError(f"created_at {text!r} is not YYYY-MM-DD or ISO 8601") from None
-    return date_of(value, zone)
-
-
-def start_of_day(day: date, zone: tzinfo) -> datetime:
-    """The first instant of ``day`` in ``zone`` (aware)."""
-    return datetime.combine(day, time.min, tzinfo=zone)
+        return days.day_of(text, zone)
+    except LayoutError:
+        raise LayoutError(f"created_at {text!r} is not YYYY-MM-DD or ISO 8601 (or is outside the years 1..9999)") from None
 
 
 # --- containers and queues ------------------------------------------------------------------

@@ -71,18 +71,20 @@ def nightly(today: str | None = None) -> dict[str, Any]:
     """Mark (name mode), plan, fan out one pack_shard per (date, shard), then finish_night once."""
     day = _day(today)
     source = SourceTable.connect(settings())
-    marked = run_marker(source, today=day).summary() if settings().mode == "name" else ""
-    plan = night.plan_night(settings(), source, day)
+    marker = run_marker(source, today=day) if settings().mode == "name" else None
+    marked = marker.summary() if marker else ""
+    plan = night.plan_night(settings(), source, day, storage_for(settings()))
+    notes = night.plan_notes(plan, marker)
     header = []
     for work in plan.work:
         rows = plan.rows.get((work.date, work.shard)) if plan.rows is not None else None
-        payload = [[r.id, r.name, str(r.created_at), r.path] for r in rows] if rows is not None else None
+        payload = [[r.id, r.name, r.created_at.isoformat() if r.created_at else None, r.path] for r in rows] if rows is not None else None
         header.append(pack_shard.s(date=work.date.isoformat(), shard=work.shard, rows=payload))
     if header:
-        result = chord(header)(finish_night.s(today=day.isoformat()))
-        _watch(day.isoformat(), result, [(w.date.isoformat(), w.shard) for w in plan.work])
+        result = chord(header)(finish_night.s(today=day.isoformat(), notes=notes))
+        _watch(day.isoformat(), result, [(w.date.isoformat(), w.shard) for w in plan.work], notes)
     else:
-        finish_night.delay([], today=day.isoformat())
+        finish_night.delay([], today=day.isoformat(), notes=notes)
     return {"marked": marked, "tasks": len(header), "files": plan.files}
 
 
@@ -94,13 +96,13 @@ def _watch_key(today: str) -> str:
     return f"desq-night-watch-{today}"
 
 
-def _watch(today: str, result: AsyncResult, work: list[tuple[str, int]]) -> None:
+def _watch(today: str, result: AsyncResult, work: list[tuple[str, int]], notes: dict[str, Any]) -> None:
     """Remember which task packs which (date, shard) of the night's chord, for watch_nights."""
     if not isinstance(app.backend, BaseKeyValueStoreBackend):
         return
     group = result.parent
     tasks = [[child.id, day, shard] for child, (day, shard) in zip(group.results, work, strict=True)]
-    record = {"group": group.id, "callback": result.id, "tasks": tasks, "since": time.time()}
+    record = {"group": group.id, "callback": result.id, "tasks": tasks, "since": time.time(), "notes": notes}
     app.backend.set(_watch_key(today), json.dumps(record))
     watched = set(json.loads(app.backend.get(WATCHED) or "[]"))
     app.backend.set(WATCHED, json.dumps(sorted(watched | {today})))
@@ -129,7 +131,7 @@ def _watch_night(today: str) -> str:
         return "done" if finished else "gave up"
     if not _queues_empty():
         return "waiting"
-    callback = finish_night.s(today=today).set(task_id=record["callback"], group_id=record["group"])
+    callback = finish_night.s(today=today, notes=record.get("notes")).set(task_id=record["callback"], group_id=record["group"])
     resent = 0
     for index, (task_id, day, shard) in enumerate(record["tasks"]):
         if AsyncResult(task_id, app=app).state == states.PENDING:
@@ -191,10 +193,10 @@ def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = 
 
 
 @app.task(name="desq.finish_night")
-def finish_night(results: list[dict[str, Any]], today: str) -> dict[str, Any]:
+def finish_night(results: list[dict[str, Any]], today: str, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """After every shard of a night: the cutoff step (uid mode) and the summary, recorded once."""
     source = SourceTable.connect(settings())
-    summary = night.finish(settings(), source, storage_for(settings()), _day(today), results)
+    summary = night.finish(settings(), source, storage_for(settings()), _day(today), results, notes)
     night.record_night(settings(), source, today, summary, results)
     return summary
 

@@ -50,7 +50,7 @@ def test_cutoff_commands(business: sa.Engine, in_tmp: Path, capsys: pytest.Captu
     monkeypatch.setenv("DESQ_MODE", "uid")
     assert desq(capsys, "cutoff")[:2] == (0, "none\n")
     code, out, err = desq(capsys, "cutoff", "--advance", "--today", "2025-11-28")
-    assert (code, out) == (0, "none\n") and "2025-11-20 has 2 file(s) not in their containers" in err
+    assert (code, out) == (0, "none\n") and "blocked by 2025-11-20: 2 file(s) not in their containers" in err and "(looked in 20251120/" in err
     for uid in (1, 42):
         archive = in_tmp / "desq-data" / "archive" / "20251120"
         archive.mkdir(parents=True, exist_ok=True)

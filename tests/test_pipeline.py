@@ -149,10 +149,17 @@ def test_a_crash_at_any_step_converges(site: Site, step: str, monkeypatch: pytes
     assert published == (step == "mark")  # nothing is visible before publishing
     assert "PACKED" not in site.states().values()  # no row is PACKED before its container is verified
     assert len(list(site.originals.iterdir())) == 180  # no original is deleted before that either
+    storage = LocalStorage(site.root / "archive")
+    version = storage.head(key).etag if published else None
     report = Packer(settings).pack(day, shard)  # the lease was released by the failed run
-    assert report.status == "packed" and report.marked_packed == report.files > 0
-    names = [m.name for m in Archive(LocalStorage(site.root / "archive")).open(key).members()]
-    assert len(names) == len(set(names)) == report.files
+    if step == "mark":  # every file is in the container already: it is marked, not rewritten
+        assert report.status == "present" and report.files == 0 and not report.rewrote
+        assert storage.head(key).etag == version
+    else:
+        assert report.status == "packed" and not report.rewrote
+    assert report.marked_packed == report.files + report.present > 0
+    names = [m.name for m in Archive(storage).open(key).members()]
+    assert len(names) == len(set(names)) == report.files + report.present
 
 
 def test_two_packers_for_one_shard(site: Site) -> None:

@@ -9,10 +9,17 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from desq.errors import DesqError
+from desq.files import FileService
+from desq.days import target_day
 
 REQUESTS = Counter("desq_http_requests_total", "HTTP requests answered", ["endpoint", "status"])
 LATENCY = Histogram("desq_http_request_seconds", "Time to the first byte of the answer", ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -37,6 +44,38 @@ def cache_event(hit: bool) -> None:
     _child(CACHE, "hit" if hit else "miss").inc()
 
 
+class ArchiveCollector:
+    """Gauges of the archive's state, from the documents the night publishes beside the containers:
+    how many days the uid-mode cutoff is behind its target, and what the last night rewrote."""
+
+    def __init__(self, service: FileService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.service.published()
+        settings = self.service.settings
+        if settings.mode == "uid":
+            cutoff = state.cutoff_date
+            if cutoff is not None:
+                target = target_day(datetime.now(settings.zone).date(), settings.archive.after_days)
+                lag = GaugeMetricFamily("desq_cutoff_lag_days", "Days the archive cutoff is behind today - after_days - 1")
+                lag.add_metric([], max(0, (target - cutoff).days))
+                yield lag
+            blocked = GaugeMetricFamily("desq_cutoff_blocked", "1 when the last cutoff step found a day with files missing from their containers")
+            blocked.add_metric([], 1 if state.blocked_day else 0)
+            yield blocked
+        night = state.night
+        if night:
+            for key, name, text in (
+                ("rewritten", "desq_night_rewritten_containers", "Containers the last night replaced"),
+                ("files", "desq_night_files", "Files the last night packed"),
+                ("unplaced", "desq_night_unplaced_rows", "Rows the last night could not place on a day (created_at NULL or not a time)"),
+            ):
+                gauge = GaugeMetricFamily(name, text)
+                gauge.add_metric([], float(night.get(key) or 0))
+                yield gauge
+
+
 @metrics.get("/metrics")
 def render() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -44,7 +83,16 @@ def render() -> Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry)
+    service = current_app.extensions.get("desq.files")
+    if service is not None:
+        state = CollectorRegistry(auto_describe=False)
+        state.register(ArchiveCollector(service))  # type: ignore[arg-type]
+        try:
+            body += generate_latest(state)
+        except DesqError:
+            pass  # the archive does not answer now: /readyz says so; the request counters still render
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
 def instrument(app: Flask) -> None:

@@ -13,12 +13,14 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from desq.archive import Archive
-from desq.cutoff import StateStore, _first_day, advance
+from desq.cutoff import NIGHT, StateStore, advance
+from desq.days import next_day, target_day
+from desq.pipeline.present import Presence, Unreadable
 from desq.pipeline.lease import Leases
 from desq.pipeline.pack import STAGING, Packer, PackReport
 from desq.settings import Settings
-from desq.source.marker import mark
-from desq.source.plan import Plan, plan_names, plan_uids, target_day
+from desq.source.marker import MarkReport, mark
+from desq.source.plan import Plan, plan_names, plan_uids
 from desq.source.table import SourceTable, create_engine
 from desq.storage import Storage, storage_for
 
@@ -28,23 +30,49 @@ def state_store(settings: Settings, source: SourceTable) -> StateStore:
     return StateStore(create_engine(settings.state.db_url) if settings.state.db_url else source.engine)
 
 
-def plan_night(settings: Settings, source: SourceTable, today: date) -> Plan:
-    """What tonight packs: READY (date, shard)s (name mode), or the days after the cutoff (uid mode)."""
+def plan_night(settings: Settings, source: SourceTable, today: date, storage: Storage | None = None) -> Plan:
+    """What tonight packs: READY (date, shard)s (name mode); uid mode: the (date, shard)s of the days
+    after the cutoff whose containers lack some of their rows (a night run again plans nothing)."""
     if settings.mode == "name":
         return plan_names(source)
     cutoff = state_store(settings, source).cutoff()
-    first = cutoff + timedelta(days=1) if cutoff else _first_day(source)
     last = target_day(today, settings.archive.after_days)
-    if first is None or first > last:
+    first = next_day(cutoff) if cutoff else None
+    if cutoff is not None and (first is None or first > last):
         return Plan(rows={})
-    return plan_uids(source, first, last)
+    plan = plan_uids(source, first, last)
+    presence = Presence(Archive(storage or storage_for(settings), cache_bytes=0), settings.shard_bits)
+    assert plan.rows is not None
+    kept = []
+    for work in plan.work:
+        try:
+            lacking = presence.missing(work.date, work.shard, (r.name for r in plan.rows[(work.date, work.shard)]))
+        except Unreadable:
+            lacking = ["?"]  # the packer reports what is wrong with it
+        if lacking:
+            kept.append(work)
+        else:
+            del plan.rows[(work.date, work.shard)]
+            plan.skipped += 1
+    plan.work = kept
+    return plan
 
 
-def finish(settings: Settings, source: SourceTable, storage: Storage, today: date, packs: list[dict[str, Any]]) -> dict[str, Any]:
-    """After every shard of a night: the cutoff step (uid mode) and a summary of the packs."""
+def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
+    """What the night's summary says of the plan: rows with no day, containers left as they are."""
+    notes: dict[str, Any] = {"complete_containers": plan.skipped, "unplaced": plan.unplaced, "unplaced_examples": plan.unplaced_examples[:10], "unplanned": plan.unplanned, "unplanned_examples": plan.problems[:10]}
+    if marked is not None:
+        notes |= {"unplaced": marked.unplaced, "unplaced_examples": marked.examples[:10], "future": marked.future_created_at}
+    return notes
+
+
+def finish(settings: Settings, source: SourceTable, storage: Storage, today: date, packs: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """After every shard of a night: the cutoff step (uid mode), then the night's summary, which is
+    also published beside the containers (``_desq/night.json``) for the files API's metrics."""
     summary: dict[str, Any] = {
         "today": today.isoformat(),
         "tasks": len(packs),
+        "rewritten": sum(1 for p in packs if p.get("rewrote")),
         "files": sum(p.get("files", 0) for p in packs),
         "kept": sum(p.get("kept", 0) for p in packs),
         "bytes": sum(p.get("bytes", 0) for p in packs),
@@ -57,6 +85,10 @@ def finish(settings: Settings, source: SourceTable, storage: Storage, today: dat
     if settings.mode == "uid":
         report = advance(source, state_store(settings, source), Archive(storage), today=today)
         summary["cutoff"] = report.summary()
+        summary["cutoff_date"] = report.after.isoformat() if report.after else None
+        summary["cutoff_lag_days"] = report.lag_days
+    summary |= notes or {}
+    storage.put(NIGHT, json.dumps(summary).encode(), content_type="application/json")
     return summary
 
 
@@ -91,9 +123,9 @@ def run_sync(settings: Settings, today: date, *, worker: str | None = None) -> N
     source = SourceTable.connect(settings)
     storage = storage_for(settings)
     report = NightReport(today=today.isoformat())
-    if settings.mode == "name":
-        report.marked = mark(source, today=today).summary()
-    plan = plan_night(settings, source, today)
+    marked = mark(source, today=today) if settings.mode == "name" else None
+    report.marked = marked.summary() if marked else ""
+    plan = plan_night(settings, source, today, storage)
     report.plan = [(w.date.isoformat(), w.shard, w.files) for w in plan.work]
     packer = Packer(settings, worker=worker, source=source, storage=storage)
     for work in plan.work:
@@ -103,7 +135,7 @@ def run_sync(settings: Settings, today: date, *, worker: str | None = None) -> N
         except Exception as exc:  # noqa: BLE001 - one shard's failure is reported, the night goes on
             failed = PackReport(date=work.date.isoformat(), shard=f"{work.shard:X}", container="", status="failed", failures=[str(exc)])
             report.packs.append(failed.as_dict())
-    report.summary = finish(settings, source, storage, today, report.packs)
+    report.summary = finish(settings, source, storage, today, report.packs, plan_notes(plan, marked))
     report.seconds = round(time.monotonic() - started, 2)
     return report
 

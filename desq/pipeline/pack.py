@@ -10,9 +10,11 @@ The order of the steps is what makes it safe to kill at any line and run again:
 4. check the lease is still ours (fencing), then publish the staging object over the key atomically;
 5. only then mark the rows PACKED (name mode) and, if configured, delete their originals.
 
-A crash before 4 leaves the old container untouched (and a staging object for ``recover``); a crash
-after 4 leaves READY rows whose files are already in the container, which the next run writes
-again, identically. Runs converge on the same container and the same row states.
+Rows whose names the existing container already holds are neither fetched nor written again: a
+run with nothing to add rewrites nothing. A crash before 4 leaves the old container untouched (and
+a staging object for ``recover``); a crash after 4 leaves READY rows whose files are already in the
+container, which the next run finds there and marks PACKED. Runs converge on the same container
+and the same row states.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from crc32c import crc32c
 from sqlalchemy.exc import SQLAlchemyError
 
 from desq.archive import Archive, external_key_for, store_external
-from desq.container import ContainerError, ContainerWriter
+from desq.container import ContainerError, ContainerWriter, Reader
+from desq.days import aware
 from desq.errors import DesqError
 from desq.failpoints import failpoint
 from desq.layout import LAYOUT_VERSION, container_key, shard_hex
@@ -37,7 +40,7 @@ from desq.settings import Settings
 from desq.source.fetch import Fetcher
 from desq.source.plan import mark_packed, name_rows_for, uid_rows_for
 from desq.source.rows import SourceRow
-from desq.source.table import SourceTable, as_datetime, create_engine
+from desq.source.table import SourceTable, create_engine
 from desq.storage import NotFound, Storage, join_key, storage_for
 
 STAGING = ".staging-"
@@ -56,9 +59,14 @@ class PackReport:
     shard: str
     container: str
     status: str = "packed"
-    """packed, nothing (no READY rows), busy (another packer holds the lease)."""
+    """packed; present (every row's file is in the container already: nothing rewritten);
+    nothing (no rows); busy (another packer holds the lease); failed."""
     worker: str = ""
+    rewrote: bool = False
+    """An existing container was replaced (with this night's files added to it)."""
     files: int = 0
+    present: int = 0
+    """Rows whose files the container held already (not fetched or written again)."""
     kept: int = 0
     bytes: int = 0
     failed_rows: int = 0
@@ -75,13 +83,6 @@ def _chunks(stream: BinaryIO, size: int = 8 << 20) -> Iterator[bytes]:
     with stream:
         while chunk := stream.read(size):
             yield chunk
-
-
-def _aware(value: object, settings: Settings) -> datetime | None:
-    moment = as_datetime(value)
-    if not isinstance(moment, datetime):
-        return None
-    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=settings.zone)
 
 
 class Packer:
@@ -129,29 +130,27 @@ class Packer:
                 if not todo:
                     report.status = "nothing"
                     return report
-                staging = f"{key}{STAGING}{lease.token:x}"
-                beside: list[str] = []
-                publishing = False
-                try:
-                    expected, packed = self._write(key, staging, todo, report, beside)
-                    if not packed:
-                        self.storage.delete(staging)
+                existing = self._existing(key)
+                present = {m.name for m in existing.members()} if existing is not None else set()
+                already = [r for r in todo if r.name in present]
+                todo = [r for r in todo if r.name not in present]
+                report.present = len(already)
+                packed: list[SourceRow] = []
+                if todo:
+                    packed = self._pack_new(key, lease, existing, todo, report)
+                    if not packed and not already:
                         report.status = "nothing"
                         return report
-                    self._verify(staging, expected)
-                    lease.check()
-                    failpoint("pack.after_verify")
-                    publishing = True
-                    self.storage.publish(staging, key)
-                except Exception:
-                    self._discard(lease, staging, [] if publishing else beside)
-                    raise
-                failpoint("pack.after_publish")
+                if packed:
+                    failpoint("pack.after_publish")
+                else:
+                    report.status = "present"
+                done = packed + already
                 if self.settings.mode == "name":
-                    report.marked_packed = mark_packed(self.source, [r.id for r in packed], batch_size=self.settings.source.batch_size)
+                    report.marked_packed = mark_packed(self.source, [r.id for r in done], batch_size=self.settings.source.batch_size)
                     failpoint("pack.after_mark")
                 if self.settings.archive.delete_originals:
-                    report.deleted_originals = self._delete_originals(packed, report)
+                    report.deleted_originals = self._delete_originals(done, report)
         except LeaseLost as exc:
             raise PackFailed(str(exc)) from exc
         finally:
@@ -162,6 +161,39 @@ class Packer:
             report.seconds = round(time.monotonic() - started, 3)
         failpoint("pack.done")
         return report
+
+    def _existing(self, key: str) -> Reader | None:
+        """The container now under ``key`` (None if there is none), if desq may merge into it."""
+        try:
+            existing = Archive(self.storage, cache_bytes=0).open(key)
+        except NotFound:
+            return None
+        if existing.version != 2:
+            raise PackFailed(f"{key} is a DES v{existing.version} container; desq merges only into its own format")
+        if getattr(existing, "layout_version", LAYOUT_VERSION) != LAYOUT_VERSION:
+            raise PackFailed(f"{key} was written with layout {existing.layout_version}, this desq uses {LAYOUT_VERSION}")
+        return existing
+
+    def _pack_new(self, key: str, lease: Lease, existing: Reader | None, todo: list[SourceRow], report: PackReport) -> list[SourceRow]:
+        """Write, verify and publish a container with ``todo`` added to ``existing``; the rows packed."""
+        staging = f"{key}{STAGING}{lease.token:x}"
+        beside: list[str] = []
+        publishing = False
+        try:
+            expected, packed = self._write(key, staging, existing, todo, report, beside)
+            if not packed:
+                self.storage.delete(staging)
+                return []
+            self._verify(staging, expected)
+            lease.check()
+            failpoint("pack.after_verify")
+            publishing = True
+            self.storage.publish(staging, key)
+        except Exception:
+            self._discard(lease, staging, [] if publishing else beside)
+            raise
+        report.rewrote = existing is not None
+        return packed
 
     def _discard(self, lease: Lease, staging: str, beside: list[str]) -> None:
         """After a failed pack: remove its staging object and the big members it stored that no
@@ -176,19 +208,10 @@ class Packer:
         except Exception:  # noqa: BLE001 - the failure that brought us here is the one to report
             pass
 
-    def _write(self, key: str, staging: str, rows: list[SourceRow], report: PackReport, beside: list[str] | None = None) -> tuple[dict[str, int], list[SourceRow]]:
+    def _write(self, key: str, staging: str, existing: Reader | None, rows: list[SourceRow], report: PackReport, beside: list[str] | None = None) -> tuple[dict[str, int], list[SourceRow]]:
         """Stream the new container to ``staging``; return (CRC32C of each new member, rows packed).
 
         ``beside`` gets the keys of the big members stored for names the existing container lacks."""
-        existing = None
-        try:
-            existing = Archive(self.storage, cache_bytes=0).open(key)
-        except NotFound:
-            pass
-        if existing is not None and existing.version != 2:
-            raise PackFailed(f"{key} is a DES v{existing.version} container; desq merges only into its own format")
-        if existing is not None and getattr(existing, "layout_version", LAYOUT_VERSION) != LAYOUT_VERSION:
-            raise PackFailed(f"{key} was written with layout {existing.layout_version}, this desq uses {LAYOUT_VERSION}")
         settings = self.settings
         expected: dict[str, int] = {}
         packed: list[SourceRow] = []
@@ -209,7 +232,7 @@ class Packer:
                         if len(report.failures) < 20:
                             report.failures.append(f"row {row.id}: {original.error}")
                         continue
-                    created = _aware(row.created_at, settings)
+                    created = row.created_at if isinstance(row.created_at, datetime) and row.created_at.utcoffset() is not None else aware(row.created_at, settings.zone)
                     if original.data is not None:
                         writer.add(row.name, original.data, content_type=original.content_type, path=row.path, created_at=created)
                         expected[row.name] = crc32c(original.data)

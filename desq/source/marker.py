@@ -1,7 +1,7 @@
 """The marker (name mode): gives each row old enough to archive its name, shard and READY.
 
-A row is old enough once it was created before the start of ``today - archive.after_days`` in the
-configured zone, so a day's files are marked together. Each batch is one transaction: the rows are
+A row is old enough once its day (``desq.days``) is on or before ``today - archive.after_days - 1``,
+so a day's files are marked together. Each batch is one transaction: the rows are
 selected ``FOR UPDATE SKIP LOCKED`` where the database has it (so two markers take different rows)
 and updated with one statement guarded by ``des_status IS NULL`` (so no row is ever counted or
 named twice, even where nothing is locked). Names are deterministic: the same row always gets the
@@ -11,14 +11,16 @@ same name.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 import sqlalchemy as sa
 
+from desq.days import EARLIEST_PLAUSIBLE, DayError, next_day, target_day
 from desq.failpoints import failpoint
-from desq.layout import LayoutError, shard_of_name
-from desq.source.table import READY, SourceTable, as_datetime
+from desq.layout import LayoutError, build_name, shard_of_name
+from desq.source.table import READY, SourceTable
 
 
 @dataclass
@@ -32,12 +34,19 @@ class MarkReport:
     unreadable_created_at: int = 0
     null_created_at: int = 0
     future_created_at: int = 0
+    early_created_at: int = 0
+    """Marked, but created before 1900: usually a placeholder value worth a look."""
     seconds: float = 0.0
     examples: list[str] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
         return self.empty_path + self.bad_id + self.unreadable_created_at + self.null_created_at + self.future_created_at
+
+    @property
+    def unplaced(self) -> int:
+        """Rows whose created_at has no day (NULL or not a time)."""
+        return self.unreadable_created_at + self.null_created_at
 
     def summary(self) -> str:
         rate = self.marked / self.seconds if self.seconds else 0.0
@@ -51,6 +60,8 @@ class MarkReport:
         ):
             if count:
                 parts.append(f"{count} not marked: {label}")
+        if self.early_created_at:
+            parts.append(f"{self.early_created_at} marked with a created_at before {EARLIEST_PLAUSIBLE.year} (a placeholder?)")
         return "; ".join(parts)
 
     def _note(self, text: str) -> None:
@@ -67,12 +78,13 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
     c = source.columns
     assert c.des_name is not None and c.des_shard is not None and c.des_status is not None
     batch_size = batch_size or source.settings.source.batch_size
-    cutoff = source.instant(today - timedelta(days=source.settings.archive.after_days))
+    last_day = target_day(today, source.settings.archive.after_days)
     bits = source.layout.shard_bits
+    prefix = source.layout.name_prefix
     last = None
     while True:
         with source.engine.begin() as conn:
-            query = sa.select(c.id, source.created_read, c.path).where(c.des_status.is_(None), c.created_at < cutoff)
+            query = sa.select(c.id, source.created_read, c.path).where(c.des_status.is_(None), source.day_range(None, last_day))
             if last is not None:
                 query = query.where(c.id > last)
             query = query.order_by(c.id).limit(batch_size).with_for_update(skip_locked=True)
@@ -84,21 +96,27 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
             names: dict[object, str] = {}
             shards: dict[object, int] = {}
             for row_id, created, path in rows:
+                try:
+                    day = source.day_of(created)
+                except DayError as exc:
+                    report.unreadable_created_at += 1
+                    report._note(f"id {row_id}: {exc}")
+                    continue
+                if day > last_day:
+                    continue  # a text value selected generously: not old enough yet
                 if path is None or not str(path).strip():
                     report.empty_path += 1
                     report._note(f"id {row_id}: empty path")
                     continue
-                moment = as_datetime(created)
-                if moment is None:
-                    report.unreadable_created_at += 1
-                    report._note(f"id {row_id}: created_at {created!r} is not a time")
-                    continue
                 try:
-                    name = source.layout.name_for(moment, row_id)
+                    name = build_name(day, row_id, prefix)
                 except LayoutError as exc:
                     report.bad_id += 1
                     report._note(f"id {row_id}: {exc}")
                     continue
+                if day < EARLIEST_PLAUSIBLE:
+                    report.early_created_at += 1
+                    report._note(f"id {row_id}: created_at {created!s} is before {EARLIEST_PLAUSIBLE.year}; marked as {name}")
                 names[row_id] = name
                 shards[row_id] = shard_of_name(name, bits)
             if names:
@@ -111,7 +129,25 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                 failpoint("marker.in_batch")
         report.batches += 1
         failpoint("marker.between_batches")
-    report.null_created_at = source.count(c.des_status.is_(None), c.created_at.is_(None))
-    report.future_created_at = source.count(c.des_status.is_(None), c.created_at > source.now())
+    unmarked = c.des_status.is_(None)
+    report.null_created_at = source.count(unmarked, c.created_at.is_(None))
+    with source.engine.connect() as conn:
+        for (row_id,) in conn.execute(sa.select(c.id).where(unmarked, c.created_at.is_(None)).order_by(c.id).limit(3)):
+            report._note(f"id {row_id}: created_at is NULL")
+    for row_id, created in future_rows(source, today, unmarked):
+        report.future_created_at += 1
+        report._note(f"id {row_id}: created_at {created!s} is in the future")
     report.seconds = time.monotonic() - started
     return report
+
+
+def future_rows(source: SourceTable, today: date, *where: sa.ColumnElement[bool]) -> Iterator[tuple[object, object]]:
+    """(id, created_at) of the rows created after ``today`` in the configured zone."""
+    query = sa.select(source.columns.id, source.created_read).where(source.day_range(next_day(today), None), *where)
+    for batch in source.batches(query, source.settings.source.batch_size):
+        for row_id, created in batch:
+            try:
+                if source.day_of(created) > today:
+                    yield row_id, created
+            except DayError:
+                continue

@@ -9,13 +9,14 @@ the slower path for packing one shard by hand.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 import sqlalchemy as sa
 
+from desq.days import DayError, in_range, target_day
 from desq.failpoints import failpoint
 from desq.layout import LayoutError, parse_name, parse_yyyymmdd, yyyymmdd
 from desq.source.rows import SourceRow
@@ -40,6 +41,11 @@ class Plan:
     """uid mode: each task's rows, read once by the planner. Name mode: None (packers query)."""
     unplanned: int = 0
     problems: list[str] = field(default_factory=list)
+    unplaced: int = 0
+    """Rows read whose created_at has no day (reported; they belong to no container)."""
+    unplaced_examples: list[str] = field(default_factory=list)
+    skipped: int = 0
+    """(date, shard)s left out because their container already holds every row."""
 
     @property
     def files(self) -> int:
@@ -96,7 +102,7 @@ def name_rows_for(source: SourceTable, day: date, shard: int, *, batch_size: int
                     continue
             except LayoutError:
                 continue
-            yield SourceRow(id=row_id, name=name, created_at=created, path=str(path or ""), date=day, shard=shard)
+            yield SourceRow(id=row_id, name=name, created_at=source.created.aware(created), path=str(path or ""), date=day, shard=shard)
 
 
 def mark_packed(source: SourceTable, ids: Iterable[object], *, batch_size: int = 1000) -> int:
@@ -119,19 +125,38 @@ def mark_packed(source: SourceTable, ids: Iterable[object], *, batch_size: int =
 
 @dataclass
 class UidReadReport:
-    """Rows of a uid-mode read that could not become files, with why."""
+    """Rows of a uid-mode read that could not become files, with why.
+
+    ``unplanned`` rows are on a day but cannot be packed (a bad uid, an empty path): they keep
+    their day from being complete. ``unplaced`` rows have no day at all (created_at NULL in a
+    text column, not a time, out of range): they belong to no container and are only reported."""
 
     unplanned: int = 0
     problems: list[str] = field(default_factory=list)
+    unplaced_rows: int = 0
+    unplaced_examples: list[str] = field(default_factory=list)
+    by_day: Counter[date] = field(default_factory=Counter)
+    """Unplanned rows on each day."""
+    day_problems: dict[date, list[str]] = field(default_factory=dict)
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, day: date) -> None:
         self.unplanned += 1
+        self.by_day[day] += 1
         if len(self.problems) < 10:
             self.problems.append(text)
+        seen = self.day_problems.setdefault(day, [])
+        if len(seen) < 3:
+            seen.append(text)
+
+    def unplaced(self, text: str) -> None:
+        self.unplaced_rows += 1
+        if len(self.unplaced_examples) < 10:
+            self.unplaced_examples.append(text)
 
 
-def uid_rows(source: SourceTable, first: date, last: date, report: UidReadReport | None = None, *, where: sa.ColumnElement[bool] | None = None) -> Iterator[SourceRow]:
-    """Every row created on days ``first``..``last`` as a SourceRow, read once in keyset batches."""
+def uid_rows(source: SourceTable, first: date | None, last: date | None, report: UidReadReport | None = None, *, where: sa.ColumnElement[bool] | None = None) -> Iterator[SourceRow]:
+    """Every row whose day is in ``first``..``last`` (None: open) as a SourceRow, read once in keyset
+    batches. Rows whose created_at has no day are noted in ``report`` (they belong to no range)."""
     report = report if report is not None else UidReadReport()
     c = source.columns
     layout = source.layout
@@ -140,31 +165,34 @@ def uid_rows(source: SourceTable, first: date, last: date, report: UidReadReport
         query = query.where(where)
     for batch in source.batches(query, source.settings.source.batch_size):
         for uid, created, path in batch:
-            day = source.day_of(created)
-            if day is None:
-                report.note(f"uid {uid}: created_at {created!r} is not a time")
+            try:
+                day = source.day_of(created)
+            except DayError as exc:
+                report.unplaced(f"uid {uid}: {exc}")
                 continue
+            if not in_range(day, first, last):
+                continue  # a text value the SQL let through generously, on a neighbouring day
             try:
                 shard = layout.shard_of_uid(uid if isinstance(uid, int) else str(uid))
             except LayoutError as exc:
-                report.note(f"uid {uid}: {exc}")
+                report.note(f"uid {uid}: {exc}", day)
                 continue
             if path is None or not str(path).strip():
-                report.note(f"uid {uid}: empty path")
+                report.note(f"uid {uid}: empty path", day)
                 continue
-            yield SourceRow(id=uid, name=str(uid), created_at=created, path=str(path), date=day, shard=shard)
+            yield SourceRow(id=uid, name=str(uid), created_at=source.created.aware(created), path=str(path), date=day, shard=shard)
 
 
-def plan_uids(source: SourceTable, first: date, last: date) -> Plan:
-    """uid mode: read days ``first``..``last`` once and hand each (date, shard) its rows."""
-    if last < first:
+def plan_uids(source: SourceTable, first: date | None, last: date) -> Plan:
+    """uid mode: read days ``first``..``last`` (None: from the first) once and hand each (date, shard) its rows."""
+    if first is not None and last < first:
         return Plan(rows={})
     report = UidReadReport()
     grouped: dict[tuple[date, int], list[SourceRow]] = defaultdict(list)
     for row in uid_rows(source, first, last, report):
         grouped[(row.date, row.shard)].append(row)
     work = sorted(Work(day, shard, len(rows)) for (day, shard), rows in grouped.items())
-    return Plan(work=work, rows=dict(grouped), unplanned=report.unplanned, problems=report.problems)
+    return Plan(work=work, rows=dict(grouped), unplanned=report.unplanned, problems=report.problems, unplaced=report.unplaced_rows, unplaced_examples=report.unplaced_examples)
 
 
 def uid_rows_for(source: SourceTable, day: date, shard: int) -> Iterator[SourceRow]:
@@ -176,8 +204,3 @@ def uid_rows_for(source: SourceTable, day: date, shard: int) -> Iterator[SourceR
     for row in uid_rows(source, day, day, where=where):
         if row.shard == shard and row.date == day:
             yield row
-
-
-def target_day(today: date, after_days: int) -> date:
-    """The last day old enough to archive: every file created on it is at least after_days old."""
-    return today - timedelta(days=after_days + 1)

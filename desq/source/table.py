@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from desq import layout as L
+from desq.days import DayError
 from desq.errors import DesqError
+from desq.source.created import CreatedAt
 from desq.settings import Settings
 
 READY = "READY"
@@ -43,11 +44,22 @@ def first_line(exc: BaseException) -> str:
 
 
 def create_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite waits for locks instead of failing at once."""
+    """An engine for ``url``; SQLite waits for locks instead of failing at once, and MySQL/MariaDB
+    sessions run in UTC, so that a ``TIMESTAMP`` column reads as the instant it stores."""
     options: dict[str, Any] = {"pool_pre_ping": True}
-    if make_url(url).get_backend_name() == "sqlite":
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
         options["connect_args"] = {"timeout": 60}
-    return sa.create_engine(url, **options)
+    engine = sa.create_engine(url, **options)
+    if backend in ("mysql", "mariadb"):
+        sa.event.listen(engine, "connect", _utc_session)
+    return engine
+
+
+def _utc_session(dbapi_connection: Any, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET time_zone = '+00:00'")
+    cursor.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +72,6 @@ class Columns:
     des_name: sa.Column[Any] | None
     des_shard: sa.Column[Any] | None
     des_status: sa.Column[Any] | None
-
-
-def as_datetime(value: object) -> datetime | date | None:
-    """A created_at value as the driver gave it, or None when it cannot be read as a time."""
-    if isinstance(value, (datetime, date)):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-    return None
 
 
 class SourceTable:
@@ -107,12 +107,11 @@ class SourceTable:
             des_shard=c[config.columns.des_shard] if self.layout.mode == "name" else None,
             des_status=c[config.columns.des_status] if self.layout.mode == "name" else None,
         )
-        created_type = self.columns.created_at.type
-        self.aware = isinstance(created_type, sa.DateTime) and bool(created_type.timezone)
-        native = isinstance(created_type, (sa.DateTime, sa.Date)) and engine.dialect.name != "sqlite"
-        self.created_read: sa.ColumnElement[Any] = self.columns.created_at if native else sa.type_coerce(self.columns.created_at, sa.String)
-        """created_at as selected: native times where the database keeps them, else raw text that
-        desq parses itself (SQLite stores text, and one bad value must not stop a whole read)."""
+        try:
+            self.created = CreatedAt(self.columns.created_at, engine.dialect.name, settings.zone)
+        except DayError as exc:
+            raise SourceError(f"source table {config.table!r}: {exc} (source.columns.created_at)") from None
+        self.created_read = self.created.read
 
     @classmethod
     def connect(cls, settings: Settings) -> SourceTable:
@@ -126,26 +125,14 @@ class SourceTable:
 
     # --- time ------------------------------------------------------------------------------
 
-    def instant(self, day: date) -> datetime:
-        """The first instant of ``day`` in the configured zone, as the created_at column compares it."""
-        if self.aware:
-            return L.start_of_day(day, self.settings.zone)
-        return datetime.combine(day, time.min)
+    def day_of(self, value: object) -> date:
+        """The day of a created_at value as selected (``created_read``); DayError if it has none."""
+        return self.created.day(value)
 
-    def now(self) -> datetime:
-        """Now, as the created_at column compares it."""
-        current = datetime.now(self.settings.zone)
-        return current if self.aware else current.replace(tzinfo=None)
-
-    def day_of(self, value: object) -> date | None:
-        """The day a created_at value falls on in the configured zone (None if unreadable)."""
-        moment = as_datetime(value)
-        return None if moment is None else L.date_of(moment, self.settings.zone)
-
-    def day_range(self, first: date, last: date) -> sa.ColumnElement[bool]:
-        """created_at within days ``first`` to ``last`` (inclusive) in the configured zone."""
-        created = self.columns.created_at
-        return sa.and_(created >= self.instant(first), created < self.instant(last + timedelta(days=1)))
+    def day_range(self, first: date | None, last: date | None) -> sa.ColumnElement[bool]:
+        """Rows whose created_at may fall on days ``first``..``last`` (inclusive; None: open) in the
+        configured zone: exactly those for native types, a superset for text (decide with ``day_of``)."""
+        return self.created.where(first, last)
 
     # --- reading ----------------------------------------------------------------------------
 
