@@ -283,6 +283,11 @@ def nightly(settings: Settings, today: date | None, sync: bool) -> None:
     click.echo(f"planned {len(report.plan)} (date, shard) task(s) with {sum(f for *_, f in report.plan)} file(s)")
     summary = report.summary
     click.echo(f"packed {summary['files']} file(s), kept {summary['kept']}, {summary['bytes']} bytes, {summary['by_status']} in {report.seconds} s")
+    click.echo(f"rewrote {summary['rewritten']} container(s); left {summary['complete_containers']} complete container(s) as they were")
+    if summary.get("unplaced"):
+        click.echo(f"{summary['unplaced']} row(s) whose created_at has no day were left out, e.g.:")
+        for example in summary.get("unplaced_examples", [])[:5]:
+            click.echo(f"  {example}")
     if "cutoff" in summary:
         click.echo(summary["cutoff"])
     for failure in summary["failures"]:

@@ -86,7 +86,7 @@ def day_of(value: object, zone: tzinfo) -> date:
 
 def aware(value: object, zone: tzinfo) -> datetime | None:
     """``value`` as an aware datetime (a local time in ``zone`` when it has no offset; a plain date at
-    the start of its day), or None when it is not a time."""
+    the start of its day), or None when it is not a time or not an instant of the years 1..9999 in UTC."""
     try:
         moment = moment_of(value)
     except DayError:
@@ -96,7 +96,12 @@ def aware(value: object, zone: tzinfo) -> datetime | None:
             return start_of_day(moment, zone).astimezone(zone)
         except DayError:
             return None
-    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=zone)
+    moment = moment if moment.utcoffset() is not None else moment.replace(tzinfo=zone)
+    try:
+        moment.astimezone(timezone.utc)
+    except OverflowError:
+        return None  # the year 1 just after midnight east of UTC: an instant before the year 1
+    return moment
 
 
 def start_of_day(day: date, zone: tzinfo) -> datetime:

@@ -34,6 +34,7 @@ _DATE8_RE = re.compile(r"[0-9]{8}")
 # U+FFFD, which only ever stands for bytes that were not valid UTF-8.
 _FORBIDDEN_RE = re.compile(r"[/\\\x00-\x1f\x7f\ufffd]")
 _INT_UID_RE = re.compile(r"[0-9]+")
+_SPACED_OFFSET_RE = re.compile(r"^(.{10}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?) ([0-9]{2}(?::?[0-9]{2})?)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +214,12 @@ def date_of(created_at: object, zone: tzinfo) -> date:
 
 
 def parse_created_at(text: str, zone: tzinfo) -> date:
-    """A created_at given by a user (a URL, the command line): ``YYYY-MM-DD`` or ISO 8601 -> its day."""
+    """A created_at given by a user (a URL, the command line): ``YYYY-MM-DD`` or ISO 8601 -> its day.
+
+    A ``+`` of an offset left unescaped in a query string arrives as a space; it is read back as ``+``."""
     if not isinstance(text, str) or not 10 <= len(text) <= 40:
         raise LayoutError(f"created_at {text!r} is not YYYY-MM-DD or ISO 8601")
+    text = _SPACED_OFFSET_RE.sub(r"\1+\2", text)
     try:
         return days.day_of(text, zone)
     except LayoutError:

@@ -107,12 +107,13 @@ class Night:
             except sa.exc.DatabaseError:
                 return None
 
-    def wait_finished(self, timeout: float) -> dict:
+    def wait_finished(self, timeout: float, runs: int = 1) -> dict:
+        """The summary once the night has finished ``runs`` times."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for w in self.workers:
                 assert w.poll() is None, self.logs()
-            if self.state(f"night:{TODAY}:finished"):
+            if int(self.state(f"night:{TODAY}:finished") or 0) >= runs:
                 time.sleep(3)  # would a second finish_night come?
                 return json.loads(self.state(f"night:{TODAY}:summary") or "{}")
             time.sleep(0.5)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,41 @@ def test_a_night_on_the_embedded_broker(tmp_path: Path) -> None:
     night = Night(tmp_path, f"sqlite:///{tmp_path / 'source.db'}", {})
     try:
         run_night(night, files=1500, days=3, timeout=300)
+    finally:
+        night.close()
+
+
+def test_midnights_through_workers_in_uid_mode(tmp_path: Path) -> None:
+    """Text created_at at exact midnights (SQLite, as a business writes them) through real workers:
+    each file in its own day's container, the cutoff at its target, and the same night run again
+    rewrites nothing (the containers' versions are unchanged)."""
+    night = Night(tmp_path, f"sqlite:///{tmp_path / 'source.db'}", {"DESQ_MODE": "uid", "DESQ_TIMEZONE": "Europe/Warsaw"})
+    rows = []
+    for i in range(1, 301):
+        day = date(2025, 11, 20) - timedelta(days=i % 3)
+        clock = ("00:00:00", "00:00", "23:59:59.999999", "00:00:00.000001")[i % 4]
+        (tmp_path / "originals" / f"{i}.bin").write_bytes(f"uid {i}".encode())
+        rows.append({"id": i, "c": f"{day.isoformat()}{'T' if i % 2 else ' '}{clock}", "p": f"{i}.bin"})
+    with night.engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO {night.table} (id, created_at, path) VALUES (:id, :c, :p)"), rows)
+    try:
+        night.start("control", "desq")
+        night.start("packer-00-7f", "shards-00-7f")
+        night.start("packer-80-ff", "shards-80-ff")
+        night.trigger()
+        summary = night.wait_finished(300)
+        assert summary["files"] == 300 and summary["rewritten"] == 0 and summary["cutoff_lag_days"] == 0, summary
+        assert night.state("archive_cutoff_date") == "2025-11-20"
+        storage = LocalStorage(tmp_path / "archive")
+        archive = Archive(storage)
+        for row in rows:
+            day = date.fromisoformat(row["c"][:10])
+            assert archive.read(container_key(day, row["id"] % 256, 8), str(row["id"])) == f"uid {row['id']}".encode()
+        before = {i.key: i.etag for i in storage.list() if i.key.endswith(".des")}
+        night.trigger()
+        again = night.wait_finished(120, runs=2)
+        assert (again["tasks"], again["files"], again["rewritten"]) == (0, 0, 0), again
+        assert {i.key: i.etag for i in storage.list() if i.key.endswith(".des")} == before
     finally:
         night.close()
 

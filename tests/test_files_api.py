@@ -213,3 +213,35 @@ def test_openapi_lists_the_surface(client: FlaskClient) -> None:
     spec = client.get("/openapi.json").json
     assert {"/files/{name}", "/meta/{name}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert json.dumps(spec)
+
+
+def test_the_day_of_a_created_at_in_a_url_and_the_archive_metrics(tmp_path: Path) -> None:
+    from datetime import date, datetime, timedelta
+
+    from desq.cutoff import AdvanceReport
+
+    env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a"), "DESQ_TIMEZONE": "Europe/Warsaw"}
+    layout = load_settings(env=env).layout
+    storage = LocalStorage(tmp_path / "a")
+    for day in ("2025-11-20", "2025-11-21"):
+        out = io.BytesIO()
+        with ContainerWriter(out) as w:
+            w.add("7", f"created {day}".encode())
+        storage.put(layout.locate_uid("7", day).container, out.getvalue())
+    target = datetime.now(layout.zone).date() - timedelta(days=8)
+    report = AdvanceReport(before=None, after=date(2025, 11, 20), target=target, blocked_day=date(2025, 11, 21), missing=3)
+    publish(storage, date(2025, 11, 20), report)
+    storage.put("_desq/night.json", json.dumps({"today": "2025-11-28", "rewritten": 2, "files": 40, "unplaced": 1}).encode())
+    client = create_app(load_settings(env=env)).test_client()
+    assert client.get("/files/7?created_at=2025-11-20T22:59:59.999999Z").data == b"created 2025-11-20"  # 23:59:59.999999 in Warsaw
+    assert client.get("/files/7?created_at=2025-11-20T23:00:00Z").json["error"] == "not_archived"  # midnight in Warsaw: the 21st
+    assert client.get("/files/7?created_at=2025-11-21 00:00:00").json["error"] == "not_archived"
+    assert client.get("/files/7?created_at=2025-11-21T00:30:00%2B01:00").json["error"] == "not_archived"  # Warsaw's own offset
+    assert client.get("/files/7?created_at=2025-11-21T00:30:00%2B03:00").data == b"created 2025-11-20"  # 22:30 in Warsaw
+    assert client.get("/files/7?created_at=2025-11-21T00:30:00+03:00").data == b"created 2025-11-20"  # an unescaped '+' arrives as a space
+    assert client.get("/files/7?created_at=2025-11-20T24:00:00").json["error"] == "not_archived"
+    assert client.get("/files/7?created_at=9999-12-31T23:59:59-12:00").status_code == 400
+    metrics = client.get("/metrics").data.decode()
+    assert f"desq_cutoff_lag_days {float((target - date(2025, 11, 20)).days)}" in metrics
+    assert "desq_cutoff_blocked 1.0" in metrics and "desq_night_rewritten_containers 2.0" in metrics
+    assert "desq_night_unplaced_rows 1.0" in metrics and "desq_night_files 40.0" in metrics

@@ -145,6 +145,10 @@ def encode_meta(meta: Meta) -> bytes:
         if not isinstance(created, datetime) or created.utcoffset() is None:
             raise WriterError(f"created_at must be a datetime with a time zone, got {created!r}")
         micros = (created - _EPOCH) // _ONE_MICROSECOND
+        try:
+            _EPOCH + micros * _ONE_MICROSECOND
+        except OverflowError:
+            raise WriterError(f"created_at {created.isoformat()} is outside the years 1..9999 in UTC") from None
         parts.append(META_RECORD.pack(TAG_CREATED_AT, 8) + _I64.pack(micros))
     encoded = b"".join(parts)
     if len(encoded) > MAX_META_BYTES:
