@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import traceback
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar

@@ -17,6 +17,7 @@ from desq.cutoff import read_document, read_night, read_published
 from desq.errors import DesqError
 from desq.layout import LayoutError, yyyymmdd
 from desq.settings import Settings
+from desq.storage import Storage
 
 
 class FilesError(DesqError):
@@ -74,29 +75,32 @@ class Published:
     night: dict[str, object] | None
 
 
-def read_state(archive: Archive) -> Published:
+def read_state(storage: Storage) -> Published:
     """The cutoff document and the last night's summary (two small reads)."""
-    document = read_document(archive.storage) or {}
+    document = read_document(storage) or {}
     value = document.get("cutoff_date")
     blocked = document.get("blocked_day")
-    return Published(date.fromisoformat(str(value)) if value else None, str(blocked) if blocked else None, read_night(archive.storage))
+    return Published(date.fromisoformat(str(value)) if value else None, str(blocked) if blocked else None, read_night(storage))
 
 
 class FileService:
     """Resolve requests to members for one deployment."""
 
-    def __init__(self, settings: Settings, archive: Archive, cutoff: Cutoff | None = None) -> None:
+    def __init__(self, settings: Settings, archive: Archive, cutoff: Cutoff | None = None, *, documents: Storage | None = None) -> None:
+        """``documents``: where to read the published state for metrics (default: the archive's
+        storage; the app passes one that does not count towards the request metrics)."""
         self.settings = settings
         self.layout = settings.layout
         self.archive = archive
         self.cutoff = cutoff or Cutoff(archive)
+        self._documents = documents or archive.storage
         self._state: tuple[float, Published] | None = None
 
     def published(self, ttl: float = 30.0) -> Published:
         """The archive's published state, re-read at most every ``ttl`` seconds."""
         now = time.monotonic()
         if self._state is None or now - self._state[0] > ttl:
-            self._state = (now, read_state(self.archive))
+            self._state = (now, read_state(self._documents))
         return self._state[1]
 
     def locate(self, name: str, created_at: str | None) -> Target:

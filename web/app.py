@@ -48,10 +48,11 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         return app
     if role != "files":
         raise ValueError(f"role must be 'files' or 'router', got {role!r}")
-    counted = CountingStorage(storage or storage_for(settings, max_pool_connections=64), on_request=metrics.storage_request)
+    plain = storage or storage_for(settings, max_pool_connections=64)
+    counted = CountingStorage(plain, on_request=metrics.storage_request)
     shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
     archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
-    app.extensions["desq.files"] = FileService(settings, archive)
+    app.extensions["desq.files"] = FileService(settings, archive, documents=plain)
     if settings.web.registry_url and settings.web.advertise_url:
         from web.router import announce
 

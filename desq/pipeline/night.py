@@ -19,7 +19,7 @@ from desq.pipeline.present import Presence, Unreadable
 from desq.pipeline.lease import Leases
 from desq.pipeline.pack import STAGING, Packer, PackReport
 from desq.settings import Settings
-from desq.source.marker import MarkReport, mark
+from desq.source.marker import MarkReport, future_rows, mark
 from desq.source.plan import Plan, plan_names, plan_uids
 from desq.source.table import SourceTable, create_engine
 from desq.storage import Storage, storage_for
@@ -41,6 +41,10 @@ def plan_night(settings: Settings, source: SourceTable, today: date, storage: St
     if cutoff is not None and (first is None or first > last):
         return Plan(rows={})
     plan = plan_uids(source, first, last)
+    for uid, created in future_rows(source, today):
+        plan.future += 1
+        if len(plan.unplaced_examples) < 10:
+            plan.unplaced_examples.append(f"uid {uid}: created_at {created!s} is in the future")
     presence = Presence(Archive(storage or storage_for(settings), cache_bytes=0), settings.shard_bits)
     assert plan.rows is not None
     kept = []
@@ -60,7 +64,7 @@ def plan_night(settings: Settings, source: SourceTable, today: date, storage: St
 
 def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
     """What the night's summary says of the plan: rows with no day, containers left as they are."""
-    notes: dict[str, Any] = {"complete_containers": plan.skipped, "unplaced": plan.unplaced, "unplaced_examples": plan.unplaced_examples[:10], "unplanned": plan.unplanned, "unplanned_examples": plan.problems[:10]}
+    notes: dict[str, Any] = {"complete_containers": plan.skipped, "unplaced": plan.unplaced, "unplaced_examples": plan.unplaced_examples[:10], "future": plan.future, "unplanned": plan.unplanned, "unplanned_examples": plan.problems[:10]}
     if marked is not None:
         notes |= {"unplaced": marked.unplaced, "unplaced_examples": marked.examples[:10], "future": marked.future_created_at}
     return notes

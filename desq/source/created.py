@@ -13,7 +13,7 @@ one with an offset within ``TEXT_MARGIN_DAYS`` of it, and a text that does not s
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import date, datetime, time, timezone, tzinfo
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -26,8 +26,6 @@ Kind = Literal["aware", "utc", "naive", "date", "text"]
 
 _GLOB_DATE = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 _REGEXP_DATE = "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-
-
 def kind_of(column: sa.Column[Any], dialect: str) -> Kind:
     """How ``column`` stores created_at, as far as selecting by day is concerned."""
     kind = column.type
@@ -95,7 +93,7 @@ class CreatedAt:
 
     def _text_where(self, first: date | None, last: date | None) -> sa.ColumnElement[bool]:
         text = self.text
-        margin = timedelta(days=days.TEXT_MARGIN_DAYS)
+        margin = days.TEXT_MARGIN_DAYS
 
         def written(lo: date | None, hi: date | None) -> list[sa.ColumnElement[bool]]:
             out = []
@@ -106,8 +104,8 @@ class CreatedAt:
             return out or [text.is_not(None)]
 
         plain = sa.and_(*written(first, days.next_day(last) if last is not None else None))
-        lo = days.shifted(first, -margin.days) if first is not None else None
-        hi = days.shifted(last, margin.days + 1) if last is not None else None
+        lo = days.shifted(first, -margin) if first is not None else None
+        hi = days.shifted(last, margin + 1) if last is not None else None
         tail = sa.func.substr(text, 11)
         shifted = sa.or_(*(tail.like(f"%{c}%") for c in "Zz+-"), sa.func.substr(text, 12, 2) == "24")
         near = sa.and_(*written(lo, hi), shifted)
@@ -120,6 +118,3 @@ class CreatedAt:
         if self.dialect in ("postgresql", "mysql", "mariadb"):
             return sa.and_(self.text.is_not(None), sa.not_(self.text.regexp_match(_REGEXP_DATE)))
         return self.text.is_not(None)  # no portable pattern test: every row is a candidate
-
-
-__all__ = ["CreatedAt", "DayError", "Kind", "kind_of"]

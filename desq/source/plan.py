@@ -16,7 +16,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from desq.days import DayError, in_range, target_day
+from desq.days import DayError, in_range
 from desq.failpoints import failpoint
 from desq.layout import LayoutError, parse_name, parse_yyyymmdd, yyyymmdd
 from desq.source.rows import SourceRow
@@ -46,6 +46,8 @@ class Plan:
     unplaced_examples: list[str] = field(default_factory=list)
     skipped: int = 0
     """(date, shard)s left out because their container already holds every row."""
+    future: int = 0
+    """uid mode: rows created after today (reported; archived once old enough)."""
 
     @property
     def files(self) -> int:
