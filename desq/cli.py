@@ -253,7 +253,7 @@ def cutoff(settings: Settings, advance: bool, today: date | None) -> None:
         raise DesqError("the archive cutoff is uid mode's state; name mode tracks each row's des_status")
     state = StateStore.connect(settings.state.db_url or settings.source.db_url)
     report = advance_cutoff(SourceTable.connect(settings), state, Archive(storage_for(settings)), today=_today(today, settings), move=advance)
-    if advance or report.after != report.target:
+    if advance or report.after != report.target or report.after != report.before:
         click.echo(report.summary(), err=True)
     current = state.cutoff()
     click.echo(current.isoformat() if current else "none")
