@@ -284,9 +284,10 @@ def nightly(settings: Settings, today: date | None, sync: bool) -> None:
     summary = report.summary
     click.echo(f"packed {summary['files']} file(s), kept {summary['kept']}, {summary['bytes']} bytes, {summary['by_status']} in {report.seconds} s")
     click.echo(f"rewrote {summary['rewritten']} container(s); left {summary['complete_containers']} complete container(s) as they were")
-    if summary.get("unplaced"):
-        click.echo(f"{summary['unplaced']} row(s) whose created_at has no day were left out, e.g.:")
-        for example in summary.get("unplaced_examples", [])[:5]:
+    left = [(summary.get("unplaced", 0), "with no day (created_at NULL or not a time)"), (summary.get("future", 0), "created in the future"), (summary.get("unplanned", 0), "that cannot be packed (uid or path)")]
+    if any(n for n, _ in left):
+        click.echo("rows left out: " + "; ".join(f"{n} {why}" for n, why in left if n))
+        for example in summary.get("examples", [])[:5]:
             click.echo(f"  {example}")
     if "cutoff" in summary:
         click.echo(summary["cutoff"])

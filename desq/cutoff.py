@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from desq.archive import Archive
 from desq.errors import DesqError
 from desq.layout import LAYOUT_VERSION, container_key
-from desq.days import next_day
+from desq.days import next_day, shifted
 from desq.pipeline.present import Presence, Unreadable
 from desq.days import target_day
 from desq.source.plan import UidReadReport, uid_rows
@@ -105,7 +105,7 @@ def publish(storage: Storage, cutoff: date | None, report: AdvanceReport | None 
             "target_date": report.target.isoformat(),
             "blocked_day": report.blocked_day.isoformat() if report.blocked_day else None,
             "missing": report.missing,
-            "examples": report.examples[:5],
+            "examples": [e[:300] for e in report.examples[:5]],
         }
     storage.put(PUBLISHED, json.dumps(body).encode(), content_type="application/json")
 
@@ -113,7 +113,7 @@ def publish(storage: Storage, cutoff: date | None, report: AdvanceReport | None 
 def read_document(storage: Storage) -> dict[str, object] | None:
     """The cutoff document as the controller last published it (None: nothing is archived yet)."""
     try:
-        data, info = storage.read_suffix(PUBLISHED, 4096)
+        data, info = storage.read_suffix(PUBLISHED, 1 << 16)
     except NotFound:
         return None
     try:
@@ -235,8 +235,8 @@ def _check(source: SourceTable, archive: Archive, report: AdvanceReport, first: 
             _examples(report, (f"{n} (looked in {key})" for n in absent))
         if missing:
             report.blocked_day, report.missing = day, missing
-            previous = day - timedelta(days=1)
-            if complete is not None or (report.before is not None and previous > report.before):
+            previous = shifted(day, -1)
+            if previous is not None and (complete is not None or (report.before is not None and previous > report.before)):
                 report.after = previous
             return
         complete = day

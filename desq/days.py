@@ -52,10 +52,7 @@ def _parse_text(value: str) -> datetime:
     text = value.strip()
     if not 8 <= len(text) <= 40:
         raise DayError(f"created_at {value!r} is not a time (desq reads ISO 8601)")
-    if len(text) > 10 and text[10] == "t":
-        text = f"{text[:10]}T{text[11:]}"
-    if text.endswith("z"):
-        text = text[:-1] + "Z"
+    text = text.upper()  # ISO 8601's letters (T, Z, W) in either case; digits and signs are unchanged
     extra = timedelta(0)
     end = _END_OF_DAY.match(text)
     if end:

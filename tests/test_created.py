@@ -48,8 +48,17 @@ def moments(draw: st.DrawFn, zone: ZoneInfo) -> datetime:
 
 @st.composite
 def text_form(draw: st.DrawFn, instant: datetime, zone: ZoneInfo) -> tuple[str, date]:
-    """One ISO 8601 text for ``instant``, and the day it must fall on in ``zone``."""
-    sep = draw(st.sampled_from(["T", " "]))
+    """One ISO 8601 text for ``instant`` (as a business may have written it: any separator, case
+    or stray whitespace), and the day it must fall on in ``zone``."""
+    text, day = draw(_text_form(instant, zone))
+    if draw(st.booleans()):
+        text = draw(st.sampled_from(["", " ", "\t"])) + text + draw(st.sampled_from(["", "\n", "\r\n", " "]))
+    return (text.lower() if draw(st.integers(0, 9)) == 0 else text), day
+
+
+@st.composite
+def _text_form(draw: st.DrawFn, instant: datetime, zone: ZoneInfo) -> tuple[str, date]:
+    sep = draw(st.sampled_from(["T", " ", "t", "\t"]))
     timespec = draw(st.sampled_from(["minutes", "seconds", "milliseconds", "microseconds"]))
     if draw(st.booleans()):  # a local time without an offset
         local = instant.astimezone(zone).replace(tzinfo=None)
@@ -201,3 +210,35 @@ def test_an_integer_created_at_column_is_refused_by_name(pg_url: str) -> None:
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE {name}"))
+
+
+AWKWARD = ["2025-11-14\n", "2025-11-14\t10:00:00", "2025-11-14 00:00:00\r\n", " 2025-11-14 00:00", "2025-11-14t00:00:00z", "2025-11-14 00:00:00.000000"]
+"""Text right after or around the written date that a padding collation or a prefix test could mishandle."""
+
+
+def check_awkward(url: str, dialect: str, kind: str) -> None:
+    table = Table(url, dialect, kind)
+    try:
+        table.fill(AWKWARD)
+        source = table.source("UTC")
+        day = date(2025, 11, 14)
+        with table.engine.connect() as conn:
+            got = dict(conn.execute(sa.select(source.columns.id, source.created_read).where(source.day_range(day, day))).all())
+        assert sorted(i for i, v in got.items() if source.day_of(v) == day) == list(range(len(AWKWARD)))
+    finally:
+        table.drop()
+
+
+def test_awkward_text_on_sqlite(tmp_path: Any) -> None:
+    check_awkward(f"sqlite:///{tmp_path / 'b.db'}", "sqlite", "text")
+
+
+@pytest.mark.integration
+def test_awkward_text_on_postgresql(pg_url: str) -> None:
+    check_awkward(pg_url, "postgresql", "text")
+
+
+@pytest.mark.integration
+def test_awkward_text_on_mariadb(mysql_url: str) -> None:
+    """MariaDB's collations pad with spaces: '2025-11-14\\n' sorts before '2025-11-14'."""
+    check_awkward(mysql_url, "mariadb", "varchar")

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from desq.archive import Archive
 from desq.cli import run
-from desq.cutoff import StateStore, read_night
+from desq.cutoff import AdvanceReport, StateStore, publish, read_night, read_published
 from desq.layout import container_key, shard_of_name, yyyymmdd
 from desq.pipeline.night import run_sync
 from desq.settings import Settings, load_settings
@@ -122,7 +122,7 @@ def check_night(business: Business) -> None:
     unplaced = 1 + (2 if business.dialect == "sqlite" else 0)  # NULL (and garbage text) have no day
     assert summary["unplaced"] == unplaced and summary["files"] == len(old) + 1, summary
     assert summary["future"] == 2
-    assert "created_at is NULL" in " ".join(summary["unplaced_examples"]) and "is in the future" in " ".join(summary["unplaced_examples"])
+    assert "created_at is NULL" in " ".join(summary["examples"]) and "is in the future" in " ".join(summary["examples"])
     if business.mode == "uid":
         assert StateStore(business.engine).cutoff() == date(2025, 11, 20)
         assert summary["cutoff_lag_days"] == 0 and "blocked" not in summary["cutoff"]
@@ -189,6 +189,21 @@ def test_a_blocked_cutoff_is_loud(tmp_path: Path, capsys: pytest.CaptureFixture[
     out, err = capsys.readouterr()
     assert (code, out) == (0, "2025-10-25\n")
     assert "could move" not in err and "blocked by 2025-10-26" in err and "(looked in 20251026/05.des)" in err
+    business.drop()
+
+
+def test_a_blocked_year_one_and_a_long_document(tmp_path: Path) -> None:
+    """A placeholder created_at in the year 1 whose file is gone blocks the cutoff (it is a day like
+    any other) without stopping the night; examples of any length keep the cutoff document readable."""
+    business = Business(tmp_path, f"sqlite:///{tmp_path / 'business.db'}", "sqlite", "uid")
+    (tmp_path / "originals" / "103.txt").unlink()
+    summary = run_sync(business.settings(), TODAY).summary
+    assert summary["cutoff_date"] is None and "blocked by 0001-01-01" in summary["cutoff"], summary
+    storage = LocalStorage(tmp_path / "archive")
+    assert read_published(storage) is None
+    report = AdvanceReport(before=None, after=date(2025, 11, 1), target=date(2025, 11, 20), blocked_day=date(2025, 11, 2), missing=5, examples=["é" * 5000] * 5)
+    publish(storage, date(2025, 11, 1), report)
+    assert read_published(storage) == date(2025, 11, 1)
     business.drop()
 
 

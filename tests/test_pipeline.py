@@ -283,3 +283,42 @@ def test_packers_starting_together_both_create_desqs_tables(pg_url: str) -> None
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         assert not failures, failures
+
+
+def test_originals_of_files_found_in_their_container_are_deleted_only_if_they_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack killed after publishing leaves READY rows whose files are in the container; the next
+    run marks them without rewriting it, and deletes only the originals that are byte for byte the
+    archived member (an original replaced meanwhile stays, and is reported)."""
+    site = Site(tmp_path, DESQ_ARCHIVE_DELETE_ORIGINALS="true")
+    site.add(range(1, 41), DAYS[0])
+    site.add(range(900, 902), DAYS[0], size=100 * 1024)  # big members beside the container
+    settings = site.settings
+    from desq.source.marker import mark
+
+    mark(SourceTable.connect(settings), today=TODAY)
+    day, shard = DAYS[0], shard_of_name(f"{DAYS[0]:%Y%m%d}_900", 3)
+
+    class Crash(Exception):
+        pass
+
+    def crash(*_: object, **__: object) -> int:
+        raise Crash("killed after publishing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pack_module, "mark_packed", crash)
+        with pytest.raises(Crash):
+            Packer(settings).pack(day, shard)
+    key = container_key(day, shard, 3)
+    storage = LocalStorage(tmp_path / "archive")
+    version = storage.head(key).etag
+    names = [m.name for m in Archive(storage).open(key).members()]
+    ids = [int(n.rpartition("_")[2]) for n in names]
+    assert 900 in ids
+    changed = next(i for i in ids if i != 900)
+    (site.originals / f"{changed}.bin").write_bytes(b"replaced since")
+    report = Packer(settings).pack(day, shard)
+    assert (report.status, report.files, report.present, report.rewrote) == ("present", 0, len(ids), False)
+    assert storage.head(key).etag == version and report.marked_packed == len(ids)
+    assert report.deleted_originals == len(ids) - 1
+    assert (site.originals / f"{changed}.bin").exists() and not any((site.originals / f"{i}.bin").exists() for i in ids if i != changed)
+    assert any(f"row {changed}: original differs" in f for f in report.failures)

@@ -43,8 +43,8 @@ def plan_night(settings: Settings, source: SourceTable, today: date, storage: St
     plan = plan_uids(source, first, last)
     for uid, created in future_rows(source, today):
         plan.future += 1
-        if len(plan.unplaced_examples) < 10:
-            plan.unplaced_examples.append(f"uid {uid}: created_at {created!s} is in the future")
+        if len(plan.future_examples) < 5:
+            plan.future_examples.append(f"uid {uid}: created_at {created!s} is in the future")
     presence = Presence(Archive(storage or storage_for(settings), cache_bytes=0), settings.shard_bits)
     assert plan.rows is not None
     kept = []
@@ -63,10 +63,12 @@ def plan_night(settings: Settings, source: SourceTable, today: date, storage: St
 
 
 def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
-    """What the night's summary says of the plan: rows with no day, containers left as they are."""
-    notes: dict[str, Any] = {"complete_containers": plan.skipped, "unplaced": plan.unplaced, "unplaced_examples": plan.unplaced_examples[:10], "future": plan.future, "unplanned": plan.unplanned, "unplanned_examples": plan.problems[:10]}
+    """What the night's summary says of the plan: containers left as they were, and the rows left out
+    (no day, in the future, unusable), with examples that each say why."""
+    notes: dict[str, Any] = {"complete_containers": plan.skipped, "unplaced": plan.unplaced, "future": plan.future, "unplanned": plan.unplanned}
+    notes["examples"] = (plan.unplaced_examples[:5] + plan.future_examples + plan.problems[:5])[:10]
     if marked is not None:
-        notes |= {"unplaced": marked.unplaced, "unplaced_examples": marked.examples[:10], "future": marked.future_created_at}
+        notes |= {"unplaced": marked.unplaced, "future": marked.future_created_at, "examples": marked.examples[:10]}
     return notes
 
 

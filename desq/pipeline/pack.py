@@ -150,7 +150,9 @@ class Packer:
                     report.marked_packed = mark_packed(self.source, [r.id for r in done], batch_size=self.settings.source.batch_size)
                     failpoint("pack.after_mark")
                 if self.settings.archive.delete_originals:
-                    report.deleted_originals = self._delete_originals(done, report)
+                    safe = packed + (self._matching(existing, already, report) if existing is not None and already else [])
+                    lease.check()
+                    report.deleted_originals = self._delete_originals(safe, report)
         except LeaseLost as exc:
             raise PackFailed(str(exc)) from exc
         finally:
@@ -218,12 +220,7 @@ class Packer:
         kept: set[str] | None = None
         with self.storage.open_upload(staging) as upload:
             writer = ContainerWriter(upload)
-            with Fetcher(
-                root=settings.source.root,
-                big_file_bytes=settings.archive.big_file_bytes,
-                s3_endpoint_url=settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url,
-                threads=settings.source.fetch_threads,
-            ) as fetcher:
+            with self._fetcher() as fetcher:
                 for original in fetcher.fetch(rows):
                     failpoint("pack.fetched")
                     row = original.row
@@ -280,6 +277,32 @@ class Packer:
                     raise PackFailed(f"{staging}: member {name!r} differs from the original fetched")
         except ContainerError as exc:
             raise PackFailed(f"{staging} did not verify: {exc}") from exc
+
+    def _matching(self, existing: Reader, rows: list[SourceRow], report: PackReport) -> list[SourceRow]:
+        """Of rows whose names the container held already, those whose original is byte for byte the
+        archived member (by CRC32C): only these originals may be deleted."""
+        same = []
+        with self._fetcher() as fetcher:
+            for original in fetcher.fetch(rows):
+                row = original.row
+                if original.error is not None:
+                    continue  # gone already, or unreadable: nothing to delete
+                if original.data is not None:
+                    crc = crc32c(original.data)
+                else:
+                    assert original.open is not None
+                    crc = 0
+                    for chunk in _chunks(original.open()):
+                        crc = crc32c(chunk, crc)
+                if crc == existing.meta(row.name).checksum:
+                    same.append(row)
+                elif len(report.failures) < 20:
+                    report.failures.append(f"row {row.id}: original differs from the archived {row.name!r}; not deleted")
+        return same
+
+    def _fetcher(self) -> Fetcher:
+        settings = self.settings
+        return Fetcher(root=settings.source.root, big_file_bytes=settings.archive.big_file_bytes, s3_endpoint_url=settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url, threads=settings.source.fetch_threads)
 
     def _delete_originals(self, rows: list[SourceRow], report: PackReport) -> int:
         deleted = 0

@@ -94,18 +94,21 @@ class CreatedAt:
     def _text_where(self, first: date | None, last: date | None) -> sa.ColumnElement[bool]:
         text = self.text
         margin = days.TEXT_MARGIN_DAYS
+        # The written date alone, compared as a 10-character string: comparing the whole value would
+        # let a collation that pads with spaces (MariaDB's) put "2025-11-14\n" before "2025-11-14".
+        head = sa.func.substr(text, 1, 10)
 
         def written(lo: date | None, hi: date | None) -> list[sa.ColumnElement[bool]]:
             out = []
             if lo is not None:
-                out.append(text >= days.iso_day(lo))
+                out.append(head >= days.iso_day(lo))
             if hi is not None:
-                out.append(text < days.iso_day(hi))
+                out.append(head <= days.iso_day(hi))
             return out or [text.is_not(None)]
 
-        plain = sa.and_(*written(first, days.next_day(last) if last is not None else None))
+        plain = sa.and_(*written(first, last))
         lo = days.shifted(first, -margin) if first is not None else None
-        hi = days.shifted(last, margin + 1) if last is not None else None
+        hi = days.shifted(last, margin) if last is not None else None
         tail = sa.func.substr(text, 11)
         shifted = sa.or_(*(tail.like(f"%{c}%") for c in "Zz+-"), sa.func.substr(text, 12, 2) == "24")
         near = sa.and_(*written(lo, hi), shifted)

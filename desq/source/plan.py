@@ -48,6 +48,7 @@ class Plan:
     """(date, shard)s left out because their container already holds every row."""
     future: int = 0
     """uid mode: rows created after today (reported; archived once old enough)."""
+    future_examples: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> int:

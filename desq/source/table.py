@@ -7,6 +7,7 @@ in keyset-paginated batches, each in its own short transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -44,22 +45,27 @@ def first_line(exc: BaseException) -> str:
 
 
 def create_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite waits for locks instead of failing at once, and MySQL/MariaDB
-    sessions run in UTC, so that a ``TIMESTAMP`` column reads as the instant it stores."""
+    """An engine for ``url``; SQLite waits for locks instead of failing at once. PostgreSQL and
+    MySQL/MariaDB sessions run in UTC: a MariaDB ``TIMESTAMP`` then reads as the instant it stores,
+    and a ``timestamptz`` of the year 1 is not shown as a BC date in a zone west of UTC."""
     options: dict[str, Any] = {"pool_pre_ping": True}
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         options["connect_args"] = {"timeout": 60}
     engine = sa.create_engine(url, **options)
-    if backend in ("mysql", "mariadb"):
-        sa.event.listen(engine, "connect", _utc_session)
+    if backend in _UTC_SESSION:
+        sa.event.listen(engine, "connect", functools.partial(_utc_session, _UTC_SESSION[backend]))
     return engine
 
 
-def _utc_session(dbapi_connection: Any, _record: object) -> None:
+_UTC_SESSION = {"postgresql": "SET TIME ZONE 'UTC'", "mysql": "SET time_zone = '+00:00'", "mariadb": "SET time_zone = '+00:00'"}
+
+
+def _utc_session(statement: str, dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("SET time_zone = '+00:00'")
+    cursor.execute(statement)
     cursor.close()
+    dbapi_connection.commit()  # PostgreSQL's SET is undone with the transaction it opened
 
 
 @dataclass(frozen=True, slots=True)
