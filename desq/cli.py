@@ -237,7 +237,7 @@ def mark_(settings: Settings, today: date | None) -> None:
         raise DesqError("desq mark is for name mode; uid mode keeps no per-row state")
     report = mark(SourceTable.connect(settings), today=_today(today, settings))
     click.echo(report.summary())
-    for example in report.examples:
+    for example in report.examples + report.early_examples:
         click.echo(f"  {example}")
 
 

@@ -123,6 +123,7 @@ def check_night(business: Business) -> None:
     assert summary["unplaced"] == unplaced and summary["files"] == len(old) + 1, summary
     assert summary["future"] == 2
     assert "created_at is NULL" in " ".join(summary["examples"]) and "is in the future" in " ".join(summary["examples"])
+    assert "0001-01-01" not in " ".join(summary["examples"])  # archived, so not among the rows left out
     if business.mode == "uid":
         assert StateStore(business.engine).cutoff() == date(2025, 11, 20)
         assert summary["cutoff_lag_days"] == 0 and "blocked" not in summary["cutoff"]
@@ -264,5 +265,5 @@ def test_bad_values_in_source_check(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "2 not marked: unreadable created_at" in out and "1 not marked: NULL created_at" in out and "2 not marked: created_at in the future" in out
     assert "id 100: created_at is NULL" in out and "id 102: created_at 2099-06-01 10:00:00 is in the future" in out
-    assert "1 marked with a created_at before 1900" in out
+    assert "1 marked with a created_at before 1900" in out and "id 103: created_at 0001-01-01 00:00:00 is before 1900; marked as 00010101_103" in out
     business.drop()

@@ -38,6 +38,8 @@ class MarkReport:
     """Marked, but created before 1900: usually a placeholder value worth a look."""
     seconds: float = 0.0
     examples: list[str] = field(default_factory=list)
+    """Rows not marked, with why (at most 10)."""
+    early_examples: list[str] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
@@ -116,7 +118,8 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                     continue
                 if day < EARLIEST_PLAUSIBLE:
                     report.early_created_at += 1
-                    report._note(f"id {row_id}: created_at {created!s} is before {EARLIEST_PLAUSIBLE.year}; marked as {name}")
+                    if len(report.early_examples) < 5:
+                        report.early_examples.append(f"id {row_id}: created_at {created!s} is before {EARLIEST_PLAUSIBLE.year}; marked as {name}")
                 names[row_id] = name
                 shards[row_id] = shard_of_name(name, bits)
             if names:
