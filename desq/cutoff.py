@@ -22,9 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from desq.archive import Archive
 from desq.errors import DesqError
 from desq.layout import LAYOUT_VERSION, container_key
-from desq.days import next_day, shifted
+from desq.days import next_day, shifted, target_day
 from desq.pipeline.present import Presence, Unreadable
-from desq.days import target_day
 from desq.source.plan import UidReadReport, uid_rows
 from desq.source.table import SourceTable, create_engine, first_line, masked
 from desq.storage import NotFound, Storage
@@ -113,7 +112,7 @@ def publish(storage: Storage, cutoff: date | None, report: AdvanceReport | None 
 def read_document(storage: Storage) -> dict[str, object] | None:
     """The cutoff document as the controller last published it (None: nothing is archived yet)."""
     try:
-        data, info = storage.read_suffix(PUBLISHED, 1 << 16)
+        data, _ = storage.read_suffix(PUBLISHED, 1 << 16)
     except NotFound:
         return None
     try:

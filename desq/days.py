@@ -4,8 +4,8 @@ Pure functions, the one definition every part of desq uses: the marker, the plan
 row queries, the cutoff controller, ``locate``/``get`` and the files API. A value without an offset
 is a local time in the zone; one with an offset or ``Z`` is converted to it. Text is read in any
 ISO 8601 form Python's ``datetime.fromisoformat`` knows (space or ``T``, minutes only, fractions,
-``Z``, offsets, the basic form ``20251114T000000Z``, week dates), plus lowercase ``t``/``z`` and
-the end-of-day ``24:00``. Numbers are refused: an integer may be Unix seconds, milliseconds or a
+``Z``, offsets, the basic form ``20251114T000000Z``, week dates) in either case, plus the
+end-of-day ``24:00``. Numbers are refused: an integer may be Unix seconds, milliseconds or a
 Julian day, and a guess would file it on a wrong day without a word.
 """
 
@@ -24,7 +24,6 @@ TEXT_MARGIN_DAYS = 2
 to 24 h on the value plus up to 24 h between UTC and the zone (``24:00`` adds a day, still inside)."""
 
 _END_OF_DAY = re.compile(r"(.{10}[T ])24(:00(:00(\.0+)?)?)?(?=$|[Zz+-])")
-_EXTENDED_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class DayError(LayoutError):
@@ -137,11 +136,6 @@ def shifted(day: date, days: int) -> date | None:
 def iso_day(day: date) -> str:
     """``YYYY-MM-DD`` with a four-digit year (``isoformat`` pads too; ``%Y`` does not)."""
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
-
-
-def written_date(text: str) -> bool:
-    """Whether a text created_at starts ``YYYY-MM-DD``, the form SQL can narrow by its prefix."""
-    return _EXTENDED_DATE.match(text) is not None
 
 
 def target_day(today: date, after_days: int) -> date:

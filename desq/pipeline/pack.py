@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any, BinaryIO
 
 from crc32c import crc32c
@@ -213,11 +213,10 @@ class Packer:
     def _write(self, key: str, staging: str, existing: Reader | None, rows: list[SourceRow], report: PackReport, beside: list[str] | None = None) -> tuple[dict[str, int], list[SourceRow]]:
         """Stream the new container to ``staging``; return (CRC32C of each new member, rows packed).
 
-        ``beside`` gets the keys of the big members stored for names the existing container lacks."""
+        ``rows`` are names the existing container lacks; ``beside`` gets the keys of their big members."""
         settings = self.settings
         expected: dict[str, int] = {}
         packed: list[SourceRow] = []
-        kept: set[str] | None = None
         with self.storage.open_upload(staging) as upload:
             writer = ContainerWriter(upload)
             with self._fetcher() as fetcher:
@@ -229,17 +228,14 @@ class Packer:
                         if len(report.failures) < 20:
                             report.failures.append(f"row {row.id}: {original.error}")
                         continue
-                    created = row.created_at if isinstance(row.created_at, datetime) and row.created_at.utcoffset() is not None else aware(row.created_at, settings.zone)
+                    created = aware(row.created_at, settings.zone)
                     if original.data is not None:
                         writer.add(row.name, original.data, content_type=original.content_type, path=row.path, created_at=created)
                         expected[row.name] = crc32c(original.data)
                     else:
                         assert original.open is not None
                         if beside is not None:
-                            if kept is None:
-                                kept = {m.name for m in existing.members()} if existing is not None else set()
-                            if row.name not in kept:
-                                beside.append(join_key(key, external_key_for(key, row.name)))
+                            beside.append(join_key(key, external_key_for(key, row.name)))
                         ref = store_external(self.storage, key, row.name, _chunks(original.open()), original.size, content_type=original.content_type)
                         writer.add_external(
                             row.name, size=ref.size, checksum=ref.checksum, block_checksums=ref.block_checksums,
@@ -306,7 +302,7 @@ class Packer:
 
     def _delete_originals(self, rows: list[SourceRow], report: PackReport) -> int:
         deleted = 0
-        with Fetcher(root=self.settings.source.root, s3_endpoint_url=self.settings.source.s3_endpoint_url or self.settings.archive.s3_endpoint_url) as fetcher:
+        with self._fetcher() as fetcher:
             for row in rows:
                 try:
                     fetcher.delete_original(row)

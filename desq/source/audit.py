@@ -50,9 +50,8 @@ def audit_days(source: SourceTable, today: date) -> DayAudit:
     """Look at every row's created_at as the marker, planner and cutoff will."""
     c = source.columns
     audit = DayAudit(read_all=not source.created.exact)
-    with source.engine.connect() as conn:
-        audit.null = source.count(c.created_at.is_(None))
-        audit.examples["null"] = [f"id {i}" for (i,) in conn.execute(sa.select(c.id).where(c.created_at.is_(None)).order_by(c.id).limit(EXAMPLES))]
+    audit.null, ids = source.null_created_at(examples=EXAMPLES)
+    audit.examples["null"] = [f"id {i}" for i in ids]
     if audit.read_all:
         query = sa.select(c.id, source.created_read).where(c.created_at.is_not(None))
         for batch in source.batches(query, source.settings.source.batch_size):

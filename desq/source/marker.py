@@ -133,10 +133,9 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
         report.batches += 1
         failpoint("marker.between_batches")
     unmarked = c.des_status.is_(None)
-    report.null_created_at = source.count(unmarked, c.created_at.is_(None))
-    with source.engine.connect() as conn:
-        for (row_id,) in conn.execute(sa.select(c.id).where(unmarked, c.created_at.is_(None)).order_by(c.id).limit(3)):
-            report._note(f"id {row_id}: created_at is NULL")
+    report.null_created_at, ids = source.null_created_at(unmarked)
+    for row_id in ids:
+        report._note(f"id {row_id}: created_at is NULL")
     for row_id, created in future_rows(source, today, unmarked):
         report.future_created_at += 1
         report._note(f"id {row_id}: created_at {created!s} is in the future")

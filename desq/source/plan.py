@@ -194,12 +194,10 @@ def plan_uids(source: SourceTable, first: date | None, last: date) -> Plan:
     grouped: dict[tuple[date, int], list[SourceRow]] = defaultdict(list)
     for row in uid_rows(source, first, last, report):
         grouped[(row.date, row.shard)].append(row)
-    c = source.columns
-    with source.engine.connect() as conn:
-        for (uid,) in conn.execute(sa.select(c.id).where(c.created_at.is_(None)).order_by(c.id).limit(3)):
-            report.unplaced(f"uid {uid}: created_at is NULL")
-    nulls = source.count(c.created_at.is_(None))
-    report.unplaced_rows += max(0, nulls - min(nulls, 3))
+    nulls, ids = source.null_created_at()
+    for uid in ids:
+        report.unplaced(f"uid {uid}: created_at is NULL")
+    report.unplaced_rows += nulls - len(ids)
     work = sorted(Work(day, shard, len(rows)) for (day, shard), rows in grouped.items())
     return Plan(work=work, rows=dict(grouped), unplanned=report.unplanned, problems=report.problems, unplaced=report.unplaced_rows, unplaced_examples=report.unplaced_examples)
 

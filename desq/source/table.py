@@ -167,6 +167,13 @@ class SourceTable:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self.table).where(*where)).scalar_one())
 
+    def null_created_at(self, *where: sa.ColumnElement[bool], examples: int = 3) -> tuple[int, list[object]]:
+        """How many rows (matching ``where``) have a NULL created_at, and the ids of the first few."""
+        null = self.columns.created_at.is_(None)
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(self.columns.id).where(null, *where).order_by(self.columns.id).limit(examples)).scalars())
+        return self.count(null, *where), ids
+
     def describe(self) -> list[tuple[str, str, str]]:
         """``(setting, column, SQL type)`` of every mapped column."""
         out = []
