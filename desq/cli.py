@@ -25,20 +25,18 @@ from desq import __version__
 import sqlalchemy as sa
 
 from desq.archive import Archive, StorageSource
-from desq.cutoff import StateStore
 from desq.cutoff import advance as advance_cutoff
 from desq.pipeline.night import recover as recover_pipeline
 from desq.pipeline.night import run_sync
-from desq.pipeline.pack import Packer
 from desq.days import next_day, target_day
+from desq.deployment import Deployment
 from desq.source.audit import audit_days, count_on_days
-from desq.source.marker import mark
-from desq.source.plan import plan_names, plan_uids
-from desq.source.table import SourceTable, index_hints, masked
+from desq.source.table import index_hints, masked
 from desq.container import ContainerError, Problem, Reader
 from desq.container.fsck import salvage
 from desq.errors import DesqError
 from desq.layout import LayoutError, parse_shard_hex
+from desq.mode import mode_for
 from desq.progress import progress
 from desq.settings import Settings, dump_toml, load_settings, markdown_table
 from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, storage_for
@@ -126,15 +124,12 @@ def queues(settings: Settings) -> None:
 @needs_settings
 def locate(settings: Settings, name: str, created_at: str | None) -> None:
     """Print where NAME (uid mode: a uid) lives, as JSON."""
-    layout = settings.layout
-    if layout.mode == "uid":
-        if created_at is None:
-            raise click.UsageError("uid mode needs --created-at DATE to locate a uid")
-        where = layout.locate_uid(name, created_at)
-    else:
-        if created_at is not None:
-            raise click.UsageError("--created-at is for uid mode; a name-mode name carries its date")
-        where = layout.locate_name(name)
+    mode = mode_for(settings.layout)
+    if mode.takes_created_at and created_at is None:
+        raise click.UsageError("uid mode needs --created-at DATE to locate a uid")
+    if not mode.takes_created_at and created_at is not None:
+        raise click.UsageError("--created-at is for uid mode; a name-mode name carries its date")
+    where = mode.locate(name, created_at)
     member = None
     try:
         member = Archive(storage_for(settings)).find(where.container, where.name)
@@ -201,7 +196,8 @@ def source() -> None:
 @needs_settings
 def source_check(settings: Settings) -> None:
     """Print the column mapping found in the source table and a count of rows per state."""
-    table = SourceTable.connect(settings)
+    deployment = Deployment(settings)
+    table = deployment.source
     click.echo(f"source: {settings.source.table} in {masked(settings.source.db_url)} ({settings.mode} mode)")
     for key, column, kind in table.describe():
         click.echo(f"  {key:<28} -> {column} ({kind})")
@@ -210,7 +206,7 @@ def source_check(settings: Settings) -> None:
     click.echo(f"rows: {table.count()}")
     for line in audit_days(table, today).lines():
         click.echo(line)
-    if settings.mode == "name":
+    if not deployment.mode.has_cutoff:
         assert c.des_status is not None
         with table.engine.connect() as conn:
             states = conn.execute(sa.select(c.des_status, sa.func.count()).group_by(c.des_status)).all()
@@ -221,7 +217,7 @@ def source_check(settings: Settings) -> None:
         for hint in index_hints(table):
             click.echo(f"hint: {hint}")
     else:
-        cutoff_day = StateStore.connect(settings.state.db_url or settings.source.db_url).cutoff()
+        cutoff_day = deployment.state.cutoff()
         click.echo(f"  archive cutoff: {cutoff_day or 'none yet'}")
         if cutoff_day:
             click.echo(f"  created after the cutoff (read from the originals): {count_on_days(table, next_day(cutoff_day), None)}")
@@ -233,9 +229,11 @@ def source_check(settings: Settings) -> None:
 @needs_settings
 def mark_(settings: Settings, today: date | None) -> None:
     """Run the marker once (name mode)."""
-    if settings.mode != "name":
+    deployment = Deployment(settings)
+    if not deployment.mode.state_columns:
         raise DesqError("desq mark is for name mode; uid mode keeps no per-row state")
-    report = mark(SourceTable.connect(settings), today=_today(today, settings))
+    report = deployment.mode.mark(deployment.source, _today(today, settings))
+    assert report is not None
     click.echo(report.summary())
     for example in report.examples + report.early_examples:
         click.echo(f"  {example}")
@@ -249,10 +247,11 @@ def mark_(settings: Settings, today: date | None) -> None:
 def cutoff(settings: Settings, advance: bool, today: date | None) -> None:
     """Print ARCHIVE_CUTOFF_DATE (uid mode) and, on stderr, what holds it behind its target;
     --advance moves it over fully archived days."""
-    if settings.mode != "uid":
+    deployment = Deployment(settings)
+    if not deployment.mode.has_cutoff:
         raise DesqError("the archive cutoff is uid mode's state; name mode tracks each row's des_status")
-    state = StateStore.connect(settings.state.db_url or settings.source.db_url)
-    report = advance_cutoff(SourceTable.connect(settings), state, Archive(storage_for(settings)), today=_today(today, settings), move=advance)
+    state = deployment.state
+    report = advance_cutoff(deployment.source, state, deployment.archive(), today=_today(today, settings), move=advance)
     if advance or report.after != report.target or report.after != report.before:
         click.echo(report.summary(), err=True)
     current = state.cutoff()
@@ -315,22 +314,22 @@ def pack(settings: Settings, day: date, shard: str | None, everything: bool, enq
         except LayoutError as exc:
             raise click.BadParameter(str(exc), param_hint="--shard") from None
     else:
-        source = SourceTable.connect(settings)
-        plan = plan_names(source) if settings.mode == "name" else plan_uids(source, day, day)
+        deployment = Deployment(settings)
+        plan = deployment.mode.plan_day(deployment.source, day)
         shards = [w.shard for w in plan.work if w.date == day]
     if enqueue:
         for s in shards:
             _send("desq.pack_shard", date=day.isoformat(), shard=s)
         click.echo(f"sent {len(shards)} pack_shard task(s) for {day}")
         return
-    packer = Packer(settings)
+    packer = Deployment(settings).packer()
     failed = 0
     for s in progress(shards, f"pack {day}"):
         report = packer.pack(day, s)
         click.echo(f"{report.container}: {report.status}, {report.files} new, {report.kept} kept, {report.failed_rows} failed rows")
         for failure in report.failures:
             click.echo(f"  {failure}")
-        failed += report.status not in ("packed", "nothing")
+        failed += report.status not in ("packed", "present", "nothing")
     if failed:
         raise DesqError(f"{failed} of {len(shards)} shard(s) were not packed")
 

@@ -13,9 +13,10 @@ from datetime import date
 from urllib.parse import quote
 
 from desq.archive import Archive
-from desq.cutoff import read_document, read_night, read_published
 from desq.errors import DesqError
 from desq.layout import LayoutError, yyyymmdd
+from desq.mode import MissingCreatedAt, mode_for
+from desq.published import Published, read_published, read_state
 from desq.settings import Settings
 from desq.storage import Storage
 
@@ -66,23 +67,6 @@ class Cutoff:
         return self._value
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    """What the night published beside the containers, for metrics."""
-
-    cutoff_date: date | None
-    blocked_day: str | None
-    night: dict[str, object] | None
-
-
-def read_state(storage: Storage) -> Published:
-    """The cutoff document and the last night's summary (two small reads)."""
-    document = read_document(storage) or {}
-    value = document.get("cutoff_date")
-    blocked = document.get("blocked_day")
-    return Published(date.fromisoformat(str(value)) if value else None, str(blocked) if blocked else None, read_night(storage))
-
-
 class FileService:
     """Resolve requests to members for one deployment."""
 
@@ -91,6 +75,7 @@ class FileService:
         storage; the app passes one that does not count towards the request metrics)."""
         self.settings = settings
         self.layout = settings.layout
+        self.mode = mode_for(self.layout)
         self.archive = archive
         self.cutoff = cutoff or Cutoff(archive)
         self._documents = documents or archive.storage
@@ -106,21 +91,16 @@ class FileService:
     def locate(self, name: str, created_at: str | None) -> Target:
         """The target of ``/files/<name>`` (uid mode: with ``?created_at=``); FilesError if bad."""
         try:
-            if self.layout.mode == "name":
-                where = self.layout.locate_name(name)
-            else:
-                if not created_at:
-                    raise BadRequest("uid mode needs ?created_at=YYYY-MM-DD (or ISO 8601)")
-                where = self.layout.locate_uid(name, created_at)
+            where = self.mode.locate(name, created_at)
+        except MissingCreatedAt:
+            raise BadRequest("uid mode needs ?created_at=YYYY-MM-DD (or ISO 8601)") from None
         except LayoutError as exc:
             raise BadRequest(str(exc)) from None
         target = Target(name=where.name, container=where.container, shard=where.shard_hex)
-        if self.layout.mode == "uid":
-            cutoff = self.cutoff()
-            if cutoff is None or where.date > cutoff:
-                template = self.settings.web.original_url
-                if not template:
-                    raise NotArchived(f"{name} was created after the archive cutoff ({cutoff or 'none yet'}); read it from the live store")
-                original = template.format(uid=quote(where.name, safe=""), date=yyyymmdd(where.date))
-                return Target(name=where.name, container=where.container, shard=where.shard_hex, original=original)
+        if not self.mode.archived(where, self.cutoff):
+            template = self.settings.web.original_url
+            if not template:
+                raise NotArchived(f"{name} was created after the archive cutoff ({self.cutoff() or 'none yet'}); read it from the live store")
+            original = template.format(uid=quote(where.name, safe=""), date=yyyymmdd(where.date))
+            return Target(name=where.name, container=where.container, shard=where.shard_hex, original=original)
         return target

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from desq import layout
 from desq.errors import DesqError
 from desq.failpoints import FAILPOINTS_DIR_ENV, FAILPOINTS_ENV
+from desq.mode import mode_for
 
 ENV_PREFIX = "DESQ_"
 CONFIG_ENV = "DESQ_CONFIG"
@@ -484,8 +485,7 @@ def _cross_check(settings: Settings, origin: Callable[[str], str]) -> None:
     if broker.url and not broker.result_backend and not broker.url.startswith(("redis://", "rediss://")):
         raise SettingsError(f"{origin('broker.result_backend')}: must be set when broker.url is not Redis")
     columns = dataclasses.asdict(settings.source.columns)
-    if settings.mode == "uid":
-        columns = {k: columns[k] for k in ("id", "created_at", "path")}
+    columns = {k: v for k, v in columns.items() if k in ("id", "created_at", "path") + mode_for(settings.layout).state_columns}
     seen: dict[str, str] = {}
     for name, column in columns.items():
         if column in seen:

@@ -14,16 +14,15 @@ from celery.result import AsyncResult
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
-from desq.cutoff import StateStore
+from desq.deployment import Deployment
 from desq.pipeline import night
 from desq.pipeline.lease import LeaseLost
 from desq.pipeline.pack import Packer, PackReport
 from desq.settings import Settings, load_settings
 from desq.source.fetch import OriginalsUnavailable
-from desq.source.marker import mark as run_marker
 from desq.source.rows import SourceRow
-from desq.source.table import SourceTable
-from desq.storage import StorageUnavailable, storage_for
+from desq.state import StateStore
+from desq.storage import StorageUnavailable
 from tasks.app import app
 
 TRANSIENT = (StorageUnavailable, OriginalsUnavailable, OperationalError, LeaseLost)
@@ -35,20 +34,24 @@ logger = get_task_logger(__name__)
 
 
 @functools.cache
+def deployment() -> Deployment:
+    """This worker process's deployment (its database pools and storage clients are reused)."""
+    return Deployment(load_settings())
+
+
 def settings() -> Settings:
-    return load_settings()
+    return deployment().settings
 
 
 @functools.cache
 def packer() -> Packer:
-    """One packer per worker process (its database pool and storage client are reused)."""
-    return Packer(settings(), worker=app.current_worker_task.request.hostname if app.current_worker_task else None)
+    """One packer per worker process."""
+    return deployment().packer(worker=app.current_worker_task.request.hostname if app.current_worker_task else None)
 
 
-@functools.cache
 def state() -> StateStore:
-    """desq's state table, opened once per worker process (watch_nights reads it every few seconds)."""
-    return night.state_store(settings(), SourceTable.connect(settings()))
+    """desq's state table (watch_nights reads it every few seconds)."""
+    return deployment().state
 
 
 def _day(value: str | None) -> date:
@@ -70,10 +73,9 @@ def _rows(rows: list[list[Any]] | None, day: date, shard: int) -> list[SourceRow
 def nightly(today: str | None = None) -> dict[str, Any]:
     """Mark (name mode), plan, fan out one pack_shard per (date, shard), then finish_night once."""
     day = _day(today)
-    source = SourceTable.connect(settings())
-    marker = run_marker(source, today=day) if settings().mode == "name" else None
+    marker = deployment().mode.mark(deployment().source, day)
     marked = marker.summary() if marker else ""
-    plan = night.plan_night(settings(), source, day, storage_for(settings()))
+    plan = night.plan_night(deployment(), day)
     notes = night.plan_notes(plan, marker)
     header = []
     for work in plan.work:
@@ -168,11 +170,6 @@ def watch_nights() -> dict[str, str]:
     return seen
 
 
-@app.task(name="desq.mark")
-def mark(today: str | None = None) -> str:
-    return run_marker(SourceTable.connect(settings()), today=_day(today)).summary()
-
-
 @app.task(name="desq.pack_shard", bind=True, max_retries=MAX_RETRIES)
 def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = None) -> dict[str, Any]:
     """Pack one (date, shard). Busy leases and transient failures are retried with backoff; a
@@ -184,9 +181,9 @@ def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = 
     except TRANSIENT as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=min(900, 15 * 2**self.request.retries)) from exc
-        report = PackReport(date=date, shard=f"{shard:X}", container="", status="failed", failures=[f"gave up after retries: {exc}"])
+        report = PackReport.failed(day, shard, settings().shard_bits, f"gave up after retries: {exc}")
     except Exception as exc:  # noqa: BLE001 - PackFailed and other bad data: reported, never retried
-        report = PackReport(date=date, shard=f"{shard:X}", container="", status="failed", failures=[str(exc)])
+        report = PackReport.failed(day, shard, settings().shard_bits, str(exc))
     if report.status == "busy" and self.request.retries < self.max_retries:
         raise self.retry(countdown=settings().pipeline.lease_seconds)
     return report.as_dict() | where
@@ -195,9 +192,8 @@ def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = 
 @app.task(name="desq.finish_night")
 def finish_night(results: list[dict[str, Any]], today: str, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """After every shard of a night: the cutoff step (uid mode) and the summary, recorded once."""
-    source = SourceTable.connect(settings())
-    summary = night.finish(settings(), source, storage_for(settings()), _day(today), results, notes)
-    night.record_night(settings(), source, today, summary, results)
+    summary = night.finish(deployment(), _day(today), results, notes)
+    state().record_night(today, summary, results)
     return summary
 
 

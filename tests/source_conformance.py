@@ -19,7 +19,9 @@ import sqlalchemy as sa
 
 from desq.archive import Archive
 from desq.container import ContainerWriter
-from desq.cutoff import StateStore, advance, read_published
+from desq.cutoff import advance
+from desq.published import read_published
+from desq.state import StateStore
 from desq.layout import container_key, shard_of_name
 from desq.settings import Settings, load_settings
 from desq.source.marker import mark

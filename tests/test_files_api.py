@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from desq.container import ContainerWriter
-from desq.cutoff import publish
+from desq.published import publish
 from desq.layout import Layout
 from desq.settings import load_settings
 from desq.storage.local import LocalStorage
@@ -218,7 +218,7 @@ def test_openapi_lists_the_surface(client: FlaskClient) -> None:
 def test_the_day_of_a_created_at_in_a_url_and_the_archive_metrics(tmp_path: Path) -> None:
     from datetime import date, datetime, timedelta
 
-    from desq.cutoff import AdvanceReport
+    from desq.published import AdvanceReport
 
     env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a"), "DESQ_TIMEZONE": "Europe/Warsaw"}
     layout = load_settings(env=env).layout

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 
 from desq.archive import Archive
 from desq.cli import run
-from desq.cutoff import AdvanceReport, StateStore, publish, read_night, read_published
+from desq.published import AdvanceReport, publish, read_night, read_published
+from desq.state import StateStore
 from desq.layout import container_key, shard_of_name, yyyymmdd
 from desq.pipeline.night import run_sync
 from desq.settings import Settings, load_settings

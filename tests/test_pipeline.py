@@ -11,11 +11,14 @@ import pytest
 import sqlalchemy as sa
 
 from desq.archive import Archive
+from desq.deployment import Deployment
 from desq.layout import container_key, shard_of_name
 from desq.pipeline import pack as pack_module
+from desq.source import plan as plan_module
 from desq.pipeline.lease import Lease, LeaseLost
 from desq.pipeline.night import recover, run_sync
 from desq.pipeline.pack import Packer, PackFailed
+from desq.source.fetch import Fetcher
 from desq.settings import Settings, load_settings
 from desq.source.table import SourceTable
 from desq.storage.local import LocalStorage
@@ -133,17 +136,17 @@ def test_a_crash_at_any_step_converges(site: Site, step: str, monkeypatch: pytes
         raise Crash(step)
 
     targets = {
-        "fetch": (pack_module.Fetcher, "fetch"),
+        "fetch": (Fetcher, "fetch"),
         "write": (pack_module.ContainerWriter, "close"),
         "verify": (Packer, "_verify"),
         "publish": (LocalStorage, "publish"),
-        "mark": (pack_module, "mark_packed"),
+        "mark": (plan_module, "mark_packed"),
     }
     owner, attr = targets[step]
     with monkeypatch.context() as patch:
         patch.setattr(owner, attr, boom)
         with pytest.raises(Crash):
-            Packer(settings).pack(day, shard)
+            Deployment(settings).packer().pack(day, shard)
     key = container_key(day, shard, 3)
     published = (site.root / "archive" / key).exists()
     assert published == (step == "mark")  # nothing is visible before publishing
@@ -151,7 +154,7 @@ def test_a_crash_at_any_step_converges(site: Site, step: str, monkeypatch: pytes
     assert len(list(site.originals.iterdir())) == 180  # no original is deleted before that either
     storage = LocalStorage(site.root / "archive")
     version = storage.head(key).etag if published else None
-    report = Packer(settings).pack(day, shard)  # the lease was released by the failed run
+    report = Deployment(settings).packer().pack(day, shard)  # the lease was released by the failed run
     if step == "mark":  # every file is in the container already: it is marked, not rewritten
         assert report.status == "present" and report.files == 0 and not report.rewrote
         assert storage.head(key).etag == version
@@ -176,7 +179,7 @@ def test_two_packers_for_one_shard(site: Site) -> None:
         gate.wait(10)
         original_verify(self, *args)
 
-    first = Packer(settings, worker="first")
+    first = Deployment(settings).packer(worker="first")
     first._verify = slow_verify.__get__(first)  # type: ignore[method-assign]
     thread = threading.Thread(target=lambda: results.append(first.pack(day, shard)))
     thread.start()
@@ -184,12 +187,12 @@ def test_two_packers_for_one_shard(site: Site) -> None:
         if first.leases.holder(f"pack:{container_key(day, shard, 3)}"):
             break
         threading.Event().wait(0.05)
-    second = Packer(settings, worker="second").pack(day, shard)
+    second = Deployment(settings).packer(worker="second").pack(day, shard)
     gate.set()
     thread.join()
     assert second.status == "busy" and "first" in second.failures[0]
     assert results[0].status == "packed"
-    again = Packer(settings, worker="second").pack(day, shard)
+    again = Deployment(settings).packer(worker="second").pack(day, shard)
     assert again.status == "nothing"
 
 
@@ -199,7 +202,7 @@ def test_a_lost_lease_never_publishes(site: Site, monkeypatch: pytest.MonkeyPatc
 
     mark(SourceTable.connect(settings), today=TODAY)
     day, shard = DAYS[0], shard_of_name(f"{DAYS[0]:%Y%m%d}_1", 3)
-    packer = Packer(settings)
+    packer = Deployment(settings).packer()
     def lost(self: Lease) -> None:
         raise LeaseLost("taken over")
 
@@ -232,7 +235,7 @@ def test_recover_clears_what_crashes_leave_and_never_a_container(site: Site) -> 
     upload.write(b"half")
     tmp = next((site.root / "archive" / "20251118").glob(".desq-upload-*"))
     os.utime(tmp, (0, 0))
-    leases = Packer(settings).leases
+    leases = Deployment(settings).packer().leases
     assert leases.acquire("pack:20251118/03.des", "dead-worker", 0.001) is not None
     threading.Event().wait(0.01)
     with site.engine.connect() as conn:
@@ -254,7 +257,7 @@ def test_packers_starting_together_both_create_desqs_tables(pg_url: str) -> None
 
     import sqlalchemy as sa
 
-    from desq.cutoff import StateStore
+    from desq.state import StateStore
     from desq.pipeline.lease import Leases
 
     admin = sa.create_engine(pg_url)
@@ -305,9 +308,9 @@ def test_originals_of_files_found_in_their_container_are_deleted_only_if_they_ma
         raise Crash("killed after publishing")
 
     with monkeypatch.context() as patch:
-        patch.setattr(pack_module, "mark_packed", crash)
+        patch.setattr(plan_module, "mark_packed", crash)
         with pytest.raises(Crash):
-            Packer(settings).pack(day, shard)
+            Deployment(settings).packer().pack(day, shard)
     key = container_key(day, shard, 3)
     storage = LocalStorage(tmp_path / "archive")
     version = storage.head(key).etag
@@ -316,7 +319,7 @@ def test_originals_of_files_found_in_their_container_are_deleted_only_if_they_ma
     assert 900 in ids
     changed = next(i for i in ids if i != 900)
     (site.originals / f"{changed}.bin").write_bytes(b"replaced since")
-    report = Packer(settings).pack(day, shard)
+    report = Deployment(settings).packer().pack(day, shard)
     assert (report.status, report.files, report.present, report.rewrote) == ("present", 0, len(ids), False)
     assert storage.head(key).etag == version and report.marked_packed == len(ids)
     assert report.deleted_originals == len(ids) - 1

@@ -36,7 +36,7 @@ from desq.cli import run
 from desq.container import ContainerError, ContainerReader, ContainerWriter, CorruptContainer
 from desq.container import format as fmt
 from desq.container.source import BytesSource, FileSource
-from desq.cutoff import publish
+from desq.published import publish
 from desq.layout import LayoutError, Layout, build_name, check_prefix, container_key, yyyymmdd
 from desq.settings import SettingsError, load_settings
 from desq.source.marker import mark

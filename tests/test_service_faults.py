@@ -29,8 +29,9 @@ import pytest
 import sqlalchemy as sa
 
 from desq.archive import Archive
+from desq.deployment import Deployment
 from desq.layout import container_key, shard_hex, shard_of_name
-from desq.pipeline.pack import STAGING, Packer
+from desq.pipeline.pack import STAGING
 from desq.settings import Settings, load_settings
 from desq.source.marker import mark
 from desq.source.plan import plan_names
@@ -332,7 +333,7 @@ def test_local_archive_disk_full(tmp_path: Path) -> None:
             with open(ballast, "wb") as fh:
                 os.posix_fallocate(fh.fileno(), 0, free - room)
             storage = LocalStorage(archive_dir)
-            packer = Packer(settings, source=source, storage=storage)
+            packer = Deployment(settings, source=source, storage=storage).packer()
             published: list[str] = []
             failure: StorageError | None = None
             for w in work:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from desq.cutoff import PUBLISHED
+from desq.published import PUBLISHED
 from desq.storage import NotFound, StorageError
 from web.errors import error_response
 

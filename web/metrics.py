@@ -54,7 +54,7 @@ class ArchiveCollector:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self.service.published()
         settings = self.service.settings
-        if settings.mode == "uid":
+        if self.service.mode.has_cutoff:
             cutoff = state.cutoff_date
             if cutoff is not None:
                 target = target_day(datetime.now(settings.zone).date(), settings.archive.after_days)

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from desq import __version__
 from desq.layout import MAX_NAME_BYTES
+from desq.mode import mode_for
 from desq.settings import Settings
 
 openapi = Blueprint("openapi", __name__)
@@ -68,21 +69,15 @@ SPEC: dict[str, Any] = {
 }
 
 
-_NAME_MODE = r"^(?:[A-Za-z0-9-]+_)?[0-9]{8}_[^/\\\u0000-\u001f\u007f\ufffd]+$"
-_INT_UID = r"^[0-9]{1,40}$"
-_TEXT_UID = r"^[^/\\\u0000-\u001f\u007f\ufffd]+$"
-
-
 def spec_for(settings: Settings) -> dict[str, Any]:
     """The document for this deployment: the name pattern of its mode; uid mode needs created_at."""
     import copy
 
     spec = copy.deepcopy(SPEC)
-    if settings.mode == "name":
-        name = {"type": "string", "pattern": _NAME_MODE, "maxLength": MAX_NAME_BYTES}
-        created = None
-    else:
-        name = {"type": "string", "pattern": _INT_UID if settings.source.uid_kind == "int" else _TEXT_UID, "maxLength": MAX_NAME_BYTES}
+    mode = mode_for(settings.layout)
+    name = {"type": "string", "pattern": mode.name_pattern(), "maxLength": MAX_NAME_BYTES}
+    created = None
+    if mode.takes_created_at:
         created = {"name": "created_at", "in": "query", "required": True, "description": "YYYY-MM-DD or ISO 8601", "schema": {"type": "string", "format": "date"}}
     for path in ("/files/{name}", "/meta/{name}"):
         for operation in spec["paths"][path].values():

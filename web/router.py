@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import Counter
 
 from desq.files import BadRequest
+from desq.mode import mode_for
 from desq.layout import LayoutError, shard_hex
 from desq.ownership import Ring
 from desq.settings import Settings
@@ -148,11 +149,8 @@ def backends() -> Backends:
 
 def _shard_of(name: str) -> int:
     settings: Settings = current_app.extensions["desq.settings"]
-    layout = settings.layout
     try:
-        if layout.mode == "name":
-            return layout.locate_name(name).shard
-        return layout.shard_of_uid(name)
+        return mode_for(settings.layout).shard_of(name)
     except LayoutError as exc:
         raise BadRequest(str(exc)) from None
 

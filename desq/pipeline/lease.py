@@ -17,17 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from desq.cutoff import STATE, _metadata, create_tables
 from desq.errors import DesqError
+from desq.state import LEASE, STATE, create_tables
 
-LEASE = sa.Table(
-    "desq_lease",
-    _metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("holder", sa.String(255), nullable=False),
-    sa.Column("token", sa.BigInteger, nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-)
 _EXPIRED = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

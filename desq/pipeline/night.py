@@ -6,37 +6,36 @@ with one ``pack_shard`` task per (date, shard) on the queue of its shard.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from desq.archive import Archive
-from desq.cutoff import NIGHT, StateStore, advance
 from desq.days import next_day, target_day
+from desq.deployment import Deployment
 from desq.pipeline.present import Presence, Unreadable
 from desq.pipeline.lease import Leases
-from desq.pipeline.pack import STAGING, Packer, PackReport
+from desq.pipeline.pack import STAGING, PackReport
+from desq.published import publish_night
 from desq.settings import Settings
-from desq.source.marker import MarkReport, future_rows, mark
-from desq.source.plan import Plan, plan_names, plan_uids
-from desq.source.table import SourceTable, create_engine
-from desq.storage import Storage, storage_for
+from desq.source.marker import MarkReport, future_rows
+from desq.source.plan import Plan, plan_uids
+from desq.source.table import SourceTable
+from desq.state import StateStore
+from desq.storage import Storage
 
 
-def state_store(settings: Settings, source: SourceTable) -> StateStore:
-    """desq's own tables: in ``state.db_url``, else beside the source table."""
-    return StateStore(create_engine(settings.state.db_url) if settings.state.db_url else source.engine)
+def plan_night(deployment: Deployment, today: date) -> Plan:
+    """What tonight packs (the mode decides; see ``plan_uid_night`` for uid mode)."""
+    return deployment.mode.plan(deployment.source, deployment.state, deployment.storage, today)
 
 
-def plan_night(settings: Settings, source: SourceTable, today: date, storage: Storage | None = None) -> Plan:
-    """What tonight packs: READY (date, shard)s (name mode); uid mode: the (date, shard)s of the days
-    after the cutoff whose containers lack some of their rows (a night run again plans nothing)."""
-    if settings.mode == "name":
-        return plan_names(source)
-    cutoff = state_store(settings, source).cutoff()
-    last = target_day(today, settings.archive.after_days)
+def plan_uid_night(source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
+    """uid mode: the (date, shard)s of the days after the cutoff whose containers lack some of
+    their rows (a night run again plans nothing)."""
+    cutoff = state.cutoff()
+    last = target_day(today, source.settings.archive.after_days)
     first = next_day(cutoff) if cutoff else None
     if cutoff is not None and (first is None or first > last):
         return Plan(rows={})
@@ -45,7 +44,7 @@ def plan_night(settings: Settings, source: SourceTable, today: date, storage: St
         plan.future += 1
         if len(plan.future_examples) < 5:
             plan.future_examples.append(f"uid {uid}: created_at {created!s} is in the future")
-    presence = Presence(Archive(storage or storage_for(settings), cache_bytes=0), settings.shard_bits)
+    presence = Presence(Archive(storage, cache_bytes=0), source.layout.shard_bits)
     assert plan.rows is not None
     kept = []
     for work in plan.work:
@@ -72,7 +71,7 @@ def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
     return notes
 
 
-def finish(settings: Settings, source: SourceTable, storage: Storage, today: date, packs: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish(deployment: Deployment, today: date, packs: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """After every shard of a night: the cutoff step (uid mode), then the night's summary, which is
     also published beside the containers (``_desq/night.json``) for the files API's metrics."""
     summary: dict[str, Any] = {
@@ -88,27 +87,10 @@ def finish(settings: Settings, source: SourceTable, storage: Storage, today: dat
     }
     for p in packs:
         summary["by_status"][p.get("status", "failed")] = summary["by_status"].get(p.get("status", "failed"), 0) + 1
-    if settings.mode == "uid":
-        report = advance(source, state_store(settings, source), Archive(storage), today=today)
-        summary["cutoff"] = report.summary()
-        summary["cutoff_date"] = report.after.isoformat() if report.after else None
-        summary["cutoff_lag_days"] = report.lag_days
+    summary |= deployment.mode.finish(deployment.source, deployment.state, Archive(deployment.storage), today)
     summary |= notes or {}
-    storage.put(NIGHT, json.dumps(summary).encode(), content_type="application/json")
+    publish_night(deployment.storage, summary)
     return summary
-
-
-def record_night(settings: Settings, source: SourceTable, today: str, summary: dict[str, Any], packs: list[dict[str, Any]]) -> int:
-    """Keep a night's summary (with who packed each container) in desq's state table.
-
-    Returns how many times this night has finished; the chord makes it once.
-    """
-    state = state_store(settings, source)
-    runs = int(state.get(f"night:{today}:finished") or 0) + 1
-    state.set(f"night:{today}:finished", str(runs))
-    packed_by = {p["container"]: {"worker": p.get("worker", ""), "queue": p.get("queue", ""), "status": p.get("status")} for p in packs if p.get("container")}
-    state.set(f"night:{today}:summary", json.dumps(summary | {"packed_by": packed_by}))
-    return runs
 
 
 @dataclass
@@ -126,22 +108,20 @@ class NightReport:
 def run_sync(settings: Settings, today: date, *, worker: str | None = None) -> NightReport:
     """The whole night in this process, no broker: mark, plan, pack each (date, shard), finish."""
     started = time.monotonic()
-    source = SourceTable.connect(settings)
-    storage = storage_for(settings)
+    deployment = Deployment(settings)
     report = NightReport(today=today.isoformat())
-    marked = mark(source, today=today) if settings.mode == "name" else None
+    marked = deployment.mode.mark(deployment.source, today)
     report.marked = marked.summary() if marked else ""
-    plan = plan_night(settings, source, today, storage)
+    plan = plan_night(deployment, today)
     report.plan = [(w.date.isoformat(), w.shard, w.files) for w in plan.work]
-    packer = Packer(settings, worker=worker, source=source, storage=storage)
+    packer = deployment.packer(worker=worker)
     for work in plan.work:
         rows = plan.rows.get((work.date, work.shard)) if plan.rows is not None else None
         try:
             report.packs.append(packer.pack(work.date, work.shard, rows).as_dict())
         except Exception as exc:  # noqa: BLE001 - one shard's failure is reported, the night goes on
-            failed = PackReport(date=work.date.isoformat(), shard=f"{work.shard:X}", container="", status="failed", failures=[str(exc)])
-            report.packs.append(failed.as_dict())
-    report.summary = finish(settings, source, storage, today, report.packs, plan_notes(plan, marked))
+            report.packs.append(PackReport.failed(work.date, work.shard, settings.shard_bits, str(exc)).as_dict())
+    report.summary = finish(deployment, today, report.packs, plan_notes(plan, marked))
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
@@ -164,11 +144,10 @@ def recover(settings: Settings, *, older_than: timedelta = timedelta(hours=6), s
     no longer holds the lease with that token (it can never publish it), or when it is older than
     ``older_than``.
     """
-    source = source or SourceTable.connect(settings)
-    storage = storage or storage_for(settings)
+    deployment = Deployment(settings, source=source, storage=storage)
+    storage = deployment.storage
     report = RecoverReport()
-    engine = create_engine(settings.state.db_url) if settings.state.db_url else source.engine
-    leases = Leases(engine)
+    leases = deployment.leases
     report.leases = leases.clear_expired()
     report.uploads = storage.abort_stale_uploads(older_than.total_seconds())
     cutoff = datetime.now(timezone.utc) - older_than

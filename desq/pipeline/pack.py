@@ -24,24 +24,23 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from crc32c import crc32c
 from sqlalchemy.exc import SQLAlchemyError
 
-from desq.archive import Archive, external_key_for, store_external
+from desq.archive import external_key_for, store_external
 from desq.container import ContainerError, ContainerWriter, Reader
 from desq.days import aware
 from desq.errors import DesqError
 from desq.failpoints import failpoint
 from desq.layout import LAYOUT_VERSION, container_key, shard_hex
-from desq.pipeline.lease import Lease, LeaseLost, Leases
-from desq.settings import Settings
-from desq.source.fetch import Fetcher
-from desq.source.plan import mark_packed, name_rows_for, uid_rows_for
+from desq.pipeline.lease import Lease, LeaseLost
 from desq.source.rows import SourceRow
-from desq.source.table import SourceTable, create_engine
-from desq.storage import NotFound, Storage, join_key, storage_for
+from desq.storage import NotFound, join_key
+
+if TYPE_CHECKING:
+    from desq.deployment import Deployment
 
 STAGING = ".staging-"
 """Staging objects are ``<key>.staging-<token>``; ``recover`` removes old ones."""
@@ -75,6 +74,11 @@ class PackReport:
     deleted_originals: int = 0
     seconds: float = 0.0
 
+    @classmethod
+    def failed(cls, day: date, shard: int, bits: int, error: str) -> PackReport:
+        """The report of a pack that raised instead of reporting."""
+        return cls(date=day.isoformat(), shard=shard_hex(shard, bits), container=container_key(day, shard, bits), status="failed", failures=[error])
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -86,30 +90,21 @@ def _chunks(stream: BinaryIO, size: int = 8 << 20) -> Iterator[bytes]:
 
 
 class Packer:
-    """Packs (date, shard)s for one deployment; holds its source, storage and lease table."""
+    """Packs (date, shard)s for one deployment, with its source, storage and lease table."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        worker: str | None = None,
-        source: SourceTable | None = None,
-        storage: Storage | None = None,
-        lease_ttl: float | None = None,
-    ) -> None:
-        self.settings = settings
+    def __init__(self, deployment: Deployment, *, worker: str | None = None, lease_ttl: float | None = None) -> None:
+        self.deployment = deployment
+        self.settings = deployment.settings
+        self.mode = deployment.mode
         self.worker = worker or socket.gethostname()
-        self.source = source or SourceTable.connect(settings)
-        self.storage = storage or storage_for(settings)
-        state_url = settings.state.db_url or settings.source.db_url
-        self.leases = Leases(self.source.engine if not settings.state.db_url else create_engine(state_url))
-        self.lease_ttl = float(lease_ttl or settings.pipeline.lease_seconds)
+        self.source = deployment.source
+        self.storage = deployment.storage
+        self.leases = deployment.leases
+        self.lease_ttl = float(lease_ttl or self.settings.pipeline.lease_seconds)
 
     def rows(self, day: date, shard: int) -> Iterator[SourceRow]:
         """The rows to pack into (day, shard), read from the source."""
-        if self.settings.mode == "name":
-            return name_rows_for(self.source, day, shard)
-        return uid_rows_for(self.source, day, shard)
+        return self.mode.rows_for(self.source, day, shard)
 
     def pack(self, day: date, shard: int, rows: Iterable[SourceRow] | None = None) -> PackReport:
         """Pack (day, shard); ``rows`` when a planner already read them (uid mode), else queried."""
@@ -146,9 +141,8 @@ class Packer:
                 else:
                     report.status = "present"
                 done = packed + already
-                if self.settings.mode == "name":
-                    report.marked_packed = mark_packed(self.source, [r.id for r in done], batch_size=self.settings.source.batch_size)
-                    failpoint("pack.after_mark")
+                report.marked_packed = self.mode.packed(self.source, [r.id for r in done], self.settings.source.batch_size)
+                failpoint("pack.after_mark")
                 if self.settings.archive.delete_originals:
                     safe = packed + (self._matching(existing, already, report) if existing is not None and already else [])
                     lease.check()
@@ -167,7 +161,7 @@ class Packer:
     def _existing(self, key: str) -> Reader | None:
         """The container now under ``key`` (None if there is none), if desq may merge into it."""
         try:
-            existing = Archive(self.storage, cache_bytes=0).open(key)
+            existing = self.deployment.archive().open(key)
         except NotFound:
             return None
         if existing.version != 2:
@@ -219,7 +213,7 @@ class Packer:
         packed: list[SourceRow] = []
         with self.storage.open_upload(staging) as upload:
             writer = ContainerWriter(upload)
-            with self._fetcher() as fetcher:
+            with self.deployment.fetcher() as fetcher:
                 for original in fetcher.fetch(rows):
                     failpoint("pack.fetched")
                     row = original.row
@@ -256,7 +250,7 @@ class Packer:
     def _verify(self, staging: str, expected: dict[str, int]) -> None:
         """Read the staged container back: every member's checksum, and the new ones' CRC32C."""
         try:
-            reader = Archive(self.storage, cache_bytes=0).open(staging)
+            reader = self.deployment.archive().open(staging)
             members = {m.name: m for m in reader.members()}
             missing = sorted(set(expected) - set(members))
             if missing:
@@ -278,7 +272,7 @@ class Packer:
         """Of rows whose names the container held already, those whose original is byte for byte the
         archived member (by CRC32C): only these originals may be deleted."""
         same = []
-        with self._fetcher() as fetcher:
+        with self.deployment.fetcher() as fetcher:
             for original in fetcher.fetch(rows):
                 row = original.row
                 if original.error is not None:
@@ -296,13 +290,9 @@ class Packer:
                     report.failures.append(f"row {row.id}: original differs from the archived {row.name!r}; not deleted")
         return same
 
-    def _fetcher(self) -> Fetcher:
-        settings = self.settings
-        return Fetcher(root=settings.source.root, big_file_bytes=settings.archive.big_file_bytes, s3_endpoint_url=settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url, threads=settings.source.fetch_threads)
-
     def _delete_originals(self, rows: list[SourceRow], report: PackReport) -> int:
         deleted = 0
-        with self._fetcher() as fetcher:
+        with self.deployment.fetcher() as fetcher:
             for row in rows:
                 try:
                     fetcher.delete_original(row)

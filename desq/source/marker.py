@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from desq.days import EARLIEST_PLAUSIBLE, DayError, next_day, target_day
 from desq.failpoints import failpoint
 from desq.layout import LayoutError, build_name, shard_of_name
+from desq.mode import mode_for
 from desq.source.table import READY, SourceTable
 
 
@@ -73,7 +74,7 @@ class MarkReport:
 
 def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> MarkReport:
     """Mark every eligible row once; return what was done and what was left and why."""
-    if source.layout.mode != "name":
+    if not mode_for(source.layout).state_columns:
         raise ValueError("the marker runs in name mode; uid mode keeps no per-row state")
     report = MarkReport()
     started = time.monotonic()

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from desq.days import DayError
+from desq.mode import mode_for
 from desq.errors import DesqError
 from desq.source.created import CreatedAt
 from desq.settings import Settings
@@ -98,9 +99,8 @@ class SourceTable:
             raise SourceError(f"source table {config.table!r} does not exist in {where}") from None
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read the source table {config.table!r} in {where}: {first_line(exc)}") from None
-        mapping = {"id": config.columns.id, "created_at": config.columns.created_at, "path": config.columns.path}
-        if self.layout.mode == "name":
-            mapping |= {"des_name": config.columns.des_name, "des_shard": config.columns.des_shard, "des_status": config.columns.des_status}
+        keys = ("id", "created_at", "path") + mode_for(self.layout).state_columns
+        mapping = {key: getattr(config.columns, key) for key in keys}
         for key, column in mapping.items():
             if column not in self.table.c:
                 raise SourceError(f"source table {config.table!r} has no column {column!r} (source.columns.{key})")
@@ -109,9 +109,9 @@ class SourceTable:
             id=c[config.columns.id],
             created_at=c[config.columns.created_at],
             path=c[config.columns.path],
-            des_name=c[config.columns.des_name] if self.layout.mode == "name" else None,
-            des_shard=c[config.columns.des_shard] if self.layout.mode == "name" else None,
-            des_status=c[config.columns.des_status] if self.layout.mode == "name" else None,
+            des_name=c[mapping["des_name"]] if "des_name" in mapping else None,
+            des_shard=c[mapping["des_shard"]] if "des_shard" in mapping else None,
+            des_status=c[mapping["des_status"]] if "des_status" in mapping else None,
         )
         try:
             self.created = CreatedAt(self.columns.created_at, engine.dialect.name, settings.zone)

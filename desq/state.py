@@ -1,0 +1,116 @@
+"""desq's own tables: the key-value state (uid mode's cutoff, night records) and the leases.
+
+They live in ``state.db_url``, else in the source database beside the business table (which desq
+never alters). Packers starting together may race to create them; that is no error.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from desq.errors import DesqError
+from desq.source.table import create_engine, first_line, masked
+
+CUTOFF_KEY = "archive_cutoff_date"
+
+METADATA = sa.MetaData()
+STATE = sa.Table(
+    "desq_state",
+    METADATA,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+LEASE = sa.Table(
+    "desq_lease",
+    METADATA,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("token", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def state_engine(state_url: str | None, source_engine: Engine) -> Engine:
+    """The one rule for where desq's tables live: ``state.db_url``, else the source database."""
+    return create_engine(state_url) if state_url else source_engine
+
+
+def create_tables(engine: Engine, tables: list[sa.Table]) -> None:
+    """Create desq's own ``tables`` where missing. Packers starting together race to create them:
+    the loser's error (a duplicate table or type) is no error once the tables are there."""
+    for attempt in range(1, 4):
+        try:
+            METADATA.create_all(engine, tables=tables, checkfirst=True)
+            return
+        except SQLAlchemyError:
+            inspector = sa.inspect(engine)
+            if all(inspector.has_table(t.name, schema=t.schema) for t in tables):
+                return
+            if attempt == 3:
+                raise
+            # Someone else created some of them meanwhile (our transaction rolled back): again.
+
+
+def _finished_key(today: str) -> str:
+    return f"night:{today}:finished"
+
+
+class StateStore:
+    """desq's own small key-value table (created by desq; the business table is never touched)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        try:
+            create_tables(engine, [STATE])
+        except SQLAlchemyError as exc:
+            raise DesqError(f"cannot create desq's state table in {masked(str(engine.url))}: {first_line(exc)}") from None
+
+    @classmethod
+    def connect(cls, url: str) -> StateStore:
+        return cls(create_engine(url))
+
+    def get(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(STATE.c.value).where(STATE.c.key == key)).scalar_one_or_none()
+
+    def set(self, key: str, value: str) -> None:
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            updated = conn.execute(sa.update(STATE).where(STATE.c.key == key).values(value=value, updated_at=now)).rowcount
+            if not updated:
+                conn.execute(sa.insert(STATE).values(key=key, value=value, updated_at=now))
+
+    def cutoff(self) -> date | None:
+        """uid mode's ARCHIVE_CUTOFF_DATE (None before anything is archived)."""
+        value = self.get(CUTOFF_KEY)
+        return date.fromisoformat(value) if value else None
+
+    def set_cutoff(self, day: date) -> None:
+        current = self.cutoff()
+        if current is not None and day < current:
+            raise DesqError(f"the cutoff only moves forward: {day} is before {current}")
+        self.set(CUTOFF_KEY, day.isoformat())
+
+    def record_night(self, today: str, summary: dict[str, Any], packs: list[dict[str, Any]]) -> int:
+        """Keep a night's summary (with who packed each container); how often it has finished."""
+        runs = self.night_runs(today) + 1
+        self.set(_finished_key(today), str(runs))
+        packed_by = {p["container"]: {"worker": p.get("worker", ""), "queue": p.get("queue", ""), "status": p.get("status")} for p in packs if p.get("container")}
+        self.set(f"night:{today}:summary", json.dumps(summary | {"packed_by": packed_by}))
+        return runs
+
+    def night_runs(self, today: str) -> int:
+        """How many times the night of ``today`` has finished (0: not yet)."""
+        return int(self.get(_finished_key(today)) or 0)
+
+    def night_summary(self, today: str) -> dict[str, Any] | None:
+        """The recorded summary of the night of ``today`` (None before it finished)."""
+        value = self.get(f"night:{today}:summary")
+        return json.loads(value) if value else None

@@ -1,0 +1,108 @@
+"""The shape of the code: the library does not import the apps, the read side needs no database
+layer, and no module grows past what one person reads at a sitting."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("desq", "web", "tasks")
+APP_FRAMEWORKS = {"celery", "kombu", "flask", "werkzeug", "gunicorn"}
+MAY_IMPORT_APPS = {"desq/cli.py", "desq/demo.py"}
+"""The command line and the demo start the apps; the rest of desq/ is a library."""
+MAX_LINES = 600
+
+
+def modules(*packages: str) -> list[Path]:
+    return sorted(p for package in packages for p in (ROOT / package).rglob("*.py"))
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth of its code (top-level names)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_library_imports_no_app_framework_and_no_app() -> None:
+    offenders = {}
+    for path in modules("desq"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in MAY_IMPORT_APPS:
+            continue
+        bad = imported(path) & (APP_FRAMEWORKS | {"web", "tasks"})
+        if bad:
+            offenders[rel] = sorted(bad)
+    assert offenders == {}
+
+
+def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from celery import chord\n    import flask.json\n")
+    assert imported(sample) == {"celery", "flask"}
+
+
+@pytest.mark.parametrize("mode", ["name", "uid"])
+def test_the_files_api_loads_no_database_layer(tmp_path: Path, mode: str) -> None:
+    """Serving files (and the cutoff in uid mode) loads nothing of desq's database side; of
+    SQLAlchemy only what the settings use to parse URLs."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys, types
+        from datetime import date
+        from desq.container import ContainerWriter
+        from desq.layout import container_key
+        from desq.published import publish
+        from desq.settings import load_settings
+        from desq.storage.local import LocalStorage
+        from web import create_app
+
+        env = {{"DESQ_MODE": "{mode}", "DESQ_ARCHIVE_URL": r"{tmp_path / 'archive'}", "DESQ_SOURCE_DB_URL": r"sqlite:///{tmp_path / 'none.db'}"}}
+        settings = load_settings(env=env)
+        storage = LocalStorage(r"{tmp_path / 'archive'}")
+        day = date(2025, 11, 14)
+        name = "20251114_7.txt" if "{mode}" == "name" else "7"
+        where = settings.layout.locate_name(name) if "{mode}" == "name" else settings.layout.locate_uid(name, "2025-11-14")
+        with storage.open_upload(where.container) as upload:
+            writer = ContainerWriter(upload)
+            writer.add(where.name, b"hello")
+            writer.close()
+            upload.commit()
+        publish(storage, day)
+        client = create_app(settings).test_client()
+        answers = [client.get(f"/files/{{name}}?created_at=2025-11-14").status_code, client.get("/readyz").status_code, client.get("/metrics").status_code]
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("desq", "web"))
+        reaching = sorted(
+            m for m in loaded
+            if m != "desq.settings" and any(
+                (isinstance(v, types.ModuleType) and v.__name__.startswith("sqlalchemy"))
+                or getattr(v, "__module__", "").startswith("sqlalchemy")
+                for v in vars(sys.modules[m]).values()
+            )
+        )
+        print(json.dumps({{"answers": answers, "loaded": loaded, "reaching": reaching}}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["answers"] == [200, 200, 200]
+    assert result["reaching"] == []
+    database_side = [m for m in result["loaded"] if m.startswith(("desq.source", "desq.pipeline", "desq.state", "desq.cutoff", "desq.deployment"))]
+    assert database_side == []
+
+
+def test_no_module_is_longer_than_a_sitting() -> None:
+    long = {p.relative_to(ROOT).as_posix(): n for p in modules(*PACKAGES) if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
