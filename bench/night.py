@@ -14,6 +14,7 @@ one JSON document.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -349,15 +350,12 @@ class Night:
         for at in range(0, len(keys), 500):
             self.redis.delete(*keys[at : at + 500])
 
-    def finished(self, today: str) -> datetime | None:
-        import sqlalchemy as sa
+    @functools.cached_property
+    def state(self) -> Any:
+        """desq's state table in the night's schema (a ``desq.state.StateStore``)."""
+        from desq.state import StateStore
 
-        try:
-            with self.engine.connect() as conn:
-                row = conn.execute(sa.text(f"SELECT value, updated_at FROM {self.schema}.desq_state WHERE key = :k"), {"k": f"night:{today}:finished"}).first()
-        except sa.exc.ProgrammingError:
-            return None
-        return row.updated_at if row else None
+        return StateStore(self.engine)
 
     def run(self, timeout: float, meter: CpuMeter | None = None) -> dict[str, Any]:
         """Send desq.nightly as beat does and wait until finish_night has recorded the night."""
@@ -366,12 +364,12 @@ class Night:
         cpu_before = meter.snapshot() if meter else None
         started = time.time()
         nightly = self.app.send_task("desq.nightly", kwargs={"today": today})
-        deadline = time.monotonic() + timeout
-        while (done := self.finished(today)) is None:
-            self.alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the night {today} did not finish within {timeout:.0f} s\n{self.tail()}")
-            time.sleep(0.05)
+        from desq.state import wait_for_night
+
+        try:
+            done = wait_for_night(self.state, today, timeout, poll=0.05, check=self.alive)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{self.tail()}") from None
         cpu = CpuMeter.delta(cpu_before, meter.snapshot()) if meter and cpu_before else {}
         seconds = done.timestamp() - started
         meta = json.loads(self.redis.get(f"celery-task-meta-{nightly.id}") or "{}")
@@ -382,13 +380,12 @@ class Night:
         return {"today": today, "started_at": started, "seconds": round(seconds, 3), "nightly": meta["result"], "fanout_done_after": round(fanout.timestamp() - started, 3), "cpu_seconds": cpu}
 
     def summary(self, today: str) -> dict[str, Any]:
-        import sqlalchemy as sa
-
-        with self.engine.connect() as conn:
-            rows = dict(conn.execute(sa.text(f"SELECT key, value FROM {self.schema}.desq_state WHERE key LIKE :k"), {"k": f"night:{today}:%"}).all())
-        if rows.get(f"night:{today}:finished") != "1":
-            raise RuntimeError(f"night {today} finished {rows.get(f'night:{today}:finished')!r} times, not once")
-        return json.loads(rows[f"night:{today}:summary"])
+        runs = self.state.night_runs(today)
+        if runs != 1:
+            raise RuntimeError(f"night {today} finished {runs} times, not once")
+        summary = self.state.night_summary(today)
+        assert summary is not None
+        return summary
 
     def packs(self) -> list[dict[str, Any]]:
         """The results of the last night's pack_shard tasks (from the result backend)."""

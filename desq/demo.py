@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from desq.errors import DesqError
 from desq.settings import Settings, load_settings
+from desq.state import StateStore, wait_for_night
 
 MARKER = ".desq-demo"
 KINDS = [("pdf", "application/pdf", 30_000), ("jpg", "image/jpeg", 60_000), ("txt", "text/plain", 3_000), ("xml", "application/xml", 9_000), ("json", "application/json", 2_000)]
@@ -173,27 +174,26 @@ def run(count: int, serve: bool, echo: Callable[[str], None], progress: Callable
 
 def _wait_night(settings: Settings, today: date, count: int, procs: list[subprocess.Popen[bytes]], progress: Callable[[int, int], None], logs: Path) -> None:
     engine = sa.create_engine(settings.source.db_url)
-    deadline = time.monotonic() + max(300, count / 20)
+    packed = 0
+
+    def check() -> None:
+        nonlocal packed
+        for p in procs:
+            if p.poll() is not None:
+                raise DesqError(f"a worker stopped; see {logs}")
+        with engine.connect() as conn:
+            packed = conn.execute(sa.text("SELECT count(*) FROM files WHERE des_status = 'PACKED'")).scalar_one()
+        progress(packed, count)
+
     try:
-        while time.monotonic() < deadline:
-            for p in procs:
-                if p.poll() is not None:
-                    raise DesqError(f"a worker stopped; see {logs}")
-            with engine.connect() as conn:
-                packed = conn.execute(sa.text("SELECT count(*) FROM files WHERE des_status = 'PACKED'")).scalar_one()
-                try:
-                    finished = conn.execute(sa.text("SELECT value FROM desq_state WHERE key = :k"), {"k": f"night:{today}:finished"}).scalar_one_or_none()
-                except sa.exc.OperationalError:
-                    finished = None
-            progress(packed, count)
-            if finished:
-                if packed != count:
-                    raise DesqError(f"the night finished with {packed:,} of {count:,} files packed; see {logs}")
-                return
-            time.sleep(0.5)
+        wait_for_night(StateStore(engine), today.isoformat(), max(300, count / 20), check=check)
+        check()
+    except TimeoutError:
+        raise DesqError(f"the night did not finish in time; see {logs}") from None
     finally:
         engine.dispose()
-    raise DesqError(f"the night did not finish in time; see {logs}")
+    if packed != count:
+        raise DesqError(f"the night finished with {packed:,} of {count:,} files packed; see {logs}")
 
 
 def _wait_http(port: int, process: subprocess.Popen[bytes], logs: Path) -> None:

@@ -7,12 +7,14 @@ never alters). Packers starting together may race to create them; that is no err
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import date, datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from desq.errors import DesqError
 from desq.source.table import create_engine, first_line, masked
@@ -110,7 +112,36 @@ class StateStore:
         """How many times the night of ``today`` has finished (0: not yet)."""
         return int(self.get(_finished_key(today)) or 0)
 
+    def night_finished_at(self, today: str) -> datetime | None:
+        """When the night of ``today`` last finished (None: not yet)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(STATE.c.updated_at).where(STATE.c.key == _finished_key(today))).scalar_one_or_none()
+        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+
     def night_summary(self, today: str) -> dict[str, Any] | None:
         """The recorded summary of the night of ``today`` (None before it finished)."""
         value = self.get(f"night:{today}:summary")
         return json.loads(value) if value else None
+
+
+def wait_for_night(state: StateStore, today: str, timeout: float, *, runs: int = 1, poll: float = 0.5, check: Callable[[], None] | None = None) -> datetime:
+    """Wait until the night of ``today`` has finished ``runs`` times; when it last finished.
+
+    ``check`` runs every round (a harness raises there when a worker died or to show progress);
+    a database that does not answer for a while is waited out; TimeoutError once ``timeout``
+    seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        try:
+            done = state.night_runs(today) >= runs
+        except DBAPIError:
+            done = False
+        if done:
+            finished = state.night_finished_at(today)
+            assert finished is not None
+            return finished
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the night {today} did not finish within {timeout:.0f} s")
+        time.sleep(poll)

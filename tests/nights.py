@@ -6,7 +6,7 @@ triggers a night as beat would (``desq nightly``), waits for finish_night and ch
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import subprocess
 import sys
@@ -19,8 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from desq.archive import Archive
+from desq.errors import DesqError
 from desq.layout import container_key, shard_of_name
 from desq.settings import load_settings
+from desq.state import StateStore, wait_for_night
 from desq.storage.local import LocalStorage
 
 BIN = Path(sys.executable).parent
@@ -101,23 +103,27 @@ class Night:
         assert result.returncode == 0, result.stderr
 
     def state(self, key: str) -> str | None:
-        with self.engine.connect() as conn:
-            try:
-                return conn.execute(sa.text("SELECT value FROM desq_state WHERE key = :k"), {"k": key}).scalar_one_or_none()
-            except sa.exc.DatabaseError:
-                return None
+        try:
+            return self.store.get(key)
+        except (sa.exc.DatabaseError, DesqError):  # a database restarting: not known yet
+            return None
+
+    @functools.cached_property
+    def store(self) -> StateStore:
+        return StateStore(self.engine)
 
     def wait_finished(self, timeout: float, runs: int = 1) -> dict:
         """The summary once the night has finished ``runs`` times."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for w in self.workers:
-                assert w.poll() is None, self.logs()
-            if int(self.state(f"night:{TODAY}:finished") or 0) >= runs:
-                time.sleep(3)  # would a second finish_night come?
-                return json.loads(self.state(f"night:{TODAY}:summary") or "{}")
-            time.sleep(0.5)
-        pytest.fail("the night did not finish: " + self.logs())
+        try:
+            wait_for_night(self.store, TODAY, timeout, runs=runs, check=self._alive)
+        except TimeoutError:
+            pytest.fail("the night did not finish: " + self.logs())
+        time.sleep(3)  # would a second finish_night come?
+        return self.store.night_summary(TODAY) or {}
+
+    def _alive(self) -> None:
+        for w in self.workers:
+            assert w.poll() is None, self.logs()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.root.glob("*.log"))

@@ -67,7 +67,7 @@ def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
     notes: dict[str, Any] = {"complete_containers": plan.skipped, "unplaced": plan.unplaced, "future": plan.future, "unplanned": plan.unplanned}
     notes["examples"] = (plan.unplaced_examples[:5] + plan.future_examples + plan.problems[:5])[:10]
     if marked is not None:
-        notes |= {"unplaced": marked.unplaced, "future": marked.future_created_at, "examples": marked.examples[:10]}
+        notes |= {"unplaced": marked.unplaced, "future": marked.future_created_at, "examples": marked.examples[: 10 - len(plan.problems[:5])] + plan.problems[:5]}
     return notes
 
 

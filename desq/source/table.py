@@ -21,7 +21,7 @@ from desq.days import DayError
 from desq.mode import mode_for
 from desq.errors import DesqError
 from desq.source.created import CreatedAt
-from desq.settings import Settings
+from desq.settings import Settings, hide_password
 
 READY = "READY"
 PACKED = "PACKED"
@@ -34,9 +34,10 @@ class SourceError(DesqError):
 def masked(url: str) -> str:
     """A database URL fit for messages and logs: the password hidden."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as nothing rather than leaked
         return "<database>"
+    return hide_password(url)
 
 
 def first_line(exc: BaseException) -> str:

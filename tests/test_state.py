@@ -1,0 +1,58 @@
+"""desq's own tables: the key-value state, the night records and waiting for a night."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from desq.errors import DesqError
+from desq.source.table import create_engine
+from desq.state import StateStore, wait_for_night
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> StateStore:
+    return StateStore(create_engine(f"sqlite:///{tmp_path / 'state.db'}"))
+
+
+def test_the_cutoff_only_moves_forward(state: StateStore) -> None:
+    assert state.cutoff() is None
+    state.set_cutoff(date(2025, 11, 20))
+    state.set_cutoff(date(2025, 11, 20))
+    with pytest.raises(DesqError, match="only moves forward"):
+        state.set_cutoff(date(2025, 11, 19))
+    assert state.cutoff() == date(2025, 11, 20)
+
+
+def test_a_night_record_counts_its_finishes(state: StateStore) -> None:
+    assert (state.night_runs("2025-11-21"), state.night_summary("2025-11-21"), state.night_finished_at("2025-11-21")) == (0, None, None)
+    packs = [{"container": "20251120/07.des", "worker": "w1", "queue": "shards-00-3f", "status": "packed"}, {"status": "nothing"}]
+    assert state.record_night("2025-11-21", {"files": 3}, packs) == 1
+    assert state.record_night("2025-11-21", {"files": 3}, packs) == 2
+    summary = state.night_summary("2025-11-21")
+    assert summary == {"files": 3, "packed_by": {"20251120/07.des": {"worker": "w1", "queue": "shards-00-3f", "status": "packed"}}}
+    finished = state.night_finished_at("2025-11-21")
+    assert finished is not None and finished.tzinfo is not None
+
+
+def test_waiting_for_a_night(state: StateStore) -> None:
+    threading.Timer(0.3, state.record_night, ("2025-11-21", {}, [])).start()
+    rounds: list[int] = []
+    finished = wait_for_night(state, "2025-11-21", 30, poll=0.05, check=lambda: rounds.append(1))
+    assert finished == state.night_finished_at("2025-11-21") and len(rounds) > 1
+    with pytest.raises(TimeoutError, match="2025-11-22 did not finish"):
+        wait_for_night(state, "2025-11-22", 0.2, poll=0.05)
+
+
+def test_a_check_that_raises_stops_the_wait(state: StateStore) -> None:
+    def dead() -> None:
+        raise RuntimeError("a worker stopped")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="a worker stopped"):
+        wait_for_night(state, "2025-11-21", 30, check=dead)
+    assert time.monotonic() - started < 5
