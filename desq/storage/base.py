@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
-from desq.container.errors import CorruptContainer
-from desq.errors import DesqError
+from desq.errors import CorruptContainer, DesqError
 
 
 class StorageError(DesqError):
