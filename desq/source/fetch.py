@@ -204,7 +204,6 @@ class _Pace:
         self.cost = 0.0  # moving average of an inline local read, in seconds
         self.pooled = 0  # rows handed to the pool since the last inline read
         self.probing = 0  # inline reads still to do before the average decides again
-        self.inline_rows = 0
 
     def probe_due(self) -> bool:
         """True when the pool has had PROBE_EVERY local rows: drain it, then ``start_probe``."""
@@ -217,7 +216,6 @@ class _Pace:
         return self.probing > 0 or self.cost < SLOW_LOCAL_READ
 
     def note_inline(self, seconds: float) -> None:
-        self.inline_rows += 1
         self.probing = max(0, self.probing - 1)
         seconds = min(seconds, 4 * SLOW_LOCAL_READ)  # one stall (a page fault, a GC pass) is not a slow disk
         self.cost = 0.9 * self.cost + 0.1 * seconds  # from 0: the first read of a run pays for cold dentries
