@@ -5,6 +5,11 @@ class DesqError(Exception):
     """An error with a message fit for one line on stderr or one JSON error body."""
 
 
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines too) as one space."""
+    return " ".join(str(text).split())
+
+
 class ContainerError(DesqError):
     """Base of every container error."""
 

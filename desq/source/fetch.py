@@ -15,79 +15,23 @@ One row's failure (missing, unreadable, a refused path, an S3 error) becomes tha
 
 from __future__ import annotations
 
-import functools
-import random
 import re
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Self
-
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
+from typing import Any, Self
 
 from desq.source.local_originals import LocalOriginals
 from desq.source.mime import guess_content_type
-from desq.source.original import FetchError, Original, OriginalChanged, OriginalsUnavailable, failed, one_line
-from desq.source.readahead import Cancelled, Pace, Run, read_ahead
+from desq.source.original import FetchError, Original, OriginalChanged, OriginalsUnavailable, failed
+from desq.source.readahead import Pace, Run, read_ahead
 from desq.source.rows import SourceRow
-from desq.storage.s3 import TRANSIENT_BODY_ERRORS, s3_client
+from desq.source.s3_originals import S3_DEFAULT_TYPE, S3Originals
+from desq.storage.base import StorageError
+from desq.storage.s3_objects import S3Objects
 
 S3_ATTEMPTS = 5
 """Attempts of every S3 request (botocore standard retries), and of a body that breaks off."""
-S3_DEFAULT_TYPE = "binary/octet-stream"
-"""What S3 answers when the uploader set no Content-Type: then the type is guessed from the name."""
-
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class _RowFailed(Exception):
-    """A per-row failure found after the reservation (its message is the row's error)."""
-
-
-def _s3_message(url: str, exc: Exception) -> str:
-    """One line for a failed S3 request; NoCredentialsError is a configuration error and raises."""
-    if isinstance(exc, NoCredentialsError):
-        raise FetchError("no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)") from exc
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return f"{url!r}: no such object"
-        if code == "NoSuchBucket":
-            return f"{url!r}: no such bucket"
-        if code in ("AccessDenied", "403", "Forbidden") or status == 403:
-            return f"{url!r}: access denied"
-        if code == "PreconditionFailed" or status == 412:
-            return f"{url!r}: the object changed while it was fetched"
-        return f"{url!r}: S3 answered {status} {code}: {one_line(err.get('Message') or code)}"
-    return f"{url!r}: {type(exc).__name__}: {one_line(exc)}"
-
-
-def _systemic(exc: Exception) -> bool:
-    """Whether an S3 failure is the service's (unreachable, 5xx, throttled) rather than one object's."""
-    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or exc.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling")
-    return False
-
-
-def _split_s3(url: str) -> tuple[str, str] | None:
-    """(bucket, key) of ``s3://bucket/key``; None when either is missing."""
-    bucket, _, key = url[5:].partition("/")
-    return (bucket, key) if bucket and key else None
-
 
 SLOW_LOCAL_READ = 100e-6
 """Seconds a local read may take on average and still be done inline rather than on the pool."""
@@ -96,9 +40,11 @@ PROBE_EVERY = 2048
 PROBE_ROWS = 16
 """Local rows read inline to re-measure, once PROBE_EVERY rows went to the pool."""
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
 __all__ = [
-    "PROBE_EVERY", "PROBE_ROWS", "SLOW_LOCAL_READ", "FetchError", "Fetcher", "Original", "OriginalChanged",
-    "OriginalsUnavailable", "guess_content_type",
+    "PROBE_EVERY", "PROBE_ROWS", "S3_ATTEMPTS", "S3_DEFAULT_TYPE", "SLOW_LOCAL_READ", "FetchError", "Fetcher",
+    "Original", "OriginalChanged", "OriginalsUnavailable", "guess_content_type",
 ]
 
 
@@ -131,8 +77,9 @@ class Fetcher:
         self.max_bytes_in_flight = max_bytes_in_flight
         self.window = 2 * threads
         """How many rows are read ahead of the one the consumer waits for."""
-        self._client = s3_client
-        self._own_client = s3_client is None
+        self._s3_client = s3_client
+        self._s3_objects: S3Objects | None = None  # made on the first s3:// row
+        self._s3 = S3Originals(self._connect_s3)
         self._lock = threading.Lock()
         self._peak_lock = threading.Lock()
         self._peak = 0
@@ -159,11 +106,11 @@ class Fetcher:
                 return
             self._closed = True
             runs = list(self._runs)
-            client = self._client if self._own_client else None
+            objects = self._s3_objects
         for run in runs:
             run.stop()
-        if client is not None and hasattr(client, "close"):
-            client.close()
+        if objects is not None:
+            objects.close()
 
     def __enter__(self) -> Self:
         return self
@@ -171,16 +118,20 @@ class Fetcher:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _s3(self) -> Any:
+    def _connect_s3(self) -> S3Objects:
+        """The S3 access of the originals, made on first use; FetchError once the fetcher is closed."""
         with self._lock:
             if self._closed:
                 raise FetchError("the fetcher is closed")
-            if self._client is None:
+            if self._s3_objects is None:
                 try:
-                    self._client = s3_client(self.s3_endpoint_url, max_attempts=S3_ATTEMPTS, max_pool_connections=max(10, 2 * self.threads))
-                except (BotoCoreError, ValueError) as exc:
-                    raise FetchError(f"cannot make an S3 client: {one_line(exc)}") from exc
-            return self._client
+                    self._s3_objects = S3Objects(
+                        self.s3_endpoint_url, max_attempts=S3_ATTEMPTS,
+                        max_pool_connections=max(10, 2 * self.threads), client=self._s3_client,
+                    )
+                except StorageError as exc:
+                    raise FetchError(str(exc)) from exc
+            return self._s3_objects
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -192,15 +143,7 @@ class Fetcher:
         """Delete a row's original (a symlink itself, not its target); already gone is fine."""
         path = row.path
         if isinstance(path, str) and path[:5].lower() == "s3://":
-            parts = _split_s3(path)
-            if parts is None:
-                raise FetchError(f"{path!r} is not an s3://bucket/key URL")
-            try:
-                self._s3().delete_object(Bucket=parts[0], Key=parts[1])
-            except (ClientError, BotoCoreError) as exc:
-                message = _s3_message(path, exc)
-                if not message.endswith(": no such object"):
-                    raise FetchError(f"deleting {message}") from exc
+            self._s3.delete(path)
             return
         if isinstance(path, str) and _URL.match(path):
             raise FetchError(f"{path!r} refused: only local paths and s3:// URLs are originals")
@@ -253,74 +196,7 @@ class Fetcher:
         return self._local.fetch(run, index, row, self.big_file_bytes)
 
     def _fetch_s3(self, run: Run, index: int, row: SourceRow) -> tuple[Original, int]:
-        url = row.path
-        parts = _split_s3(url)
-        if parts is None:
-            return failed(row, f"{url!r} is not an s3://bucket/key URL"), 0
-        bucket, key = parts
-        client = self._s3()
-        try:
-            response = client.get_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            if _systemic(exc):
-                raise OriginalsUnavailable(f"the originals' S3 does not answer: {_s3_message(url, exc)}") from exc
-            return failed(row, _s3_message(url, exc)), 0
-        body = response["Body"]
-        size = int(response["ContentLength"])
-        etag = response.get("ETag")
-        content_type = response.get("ContentType")
-        if not content_type or content_type == S3_DEFAULT_TYPE:
-            content_type = guess_content_type(row.name, key)
-        if size >= self.big_file_bytes:
-            body.close()  # the consumer streams it through open()
-            opener = functools.partial(self._open_s3, bucket, key, etag, size, url)
-            return Original(row, size, None, opener, None, content_type), 0
-        try:
-            run.reserve(index, size)
-        except Cancelled:
-            body.close()
-            raise
-        try:
-            data = self._read_s3_body(body, bucket, key, etag, size, url)
-        except _RowFailed as exc:
-            run.release(size)
-            return failed(row, str(exc)), 0
-        return Original(row, size, data, None, None, content_type), size
-
-    def _read_s3_body(self, body: Any, bucket: str, key: str, etag: str | None, size: int, url: str) -> bytes:
-        """The whole body; one that breaks off is fetched again, pinned to the same version."""
-        pin = {"IfMatch": etag} if etag else {}
-        for attempt in range(1, S3_ATTEMPTS + 1):
-            try:
-                data = body.read()
-            except TRANSIENT_BODY_ERRORS as exc:
-                body.close()
-                if attempt == S3_ATTEMPTS:
-                    raise _RowFailed(f"{url!r}: the download broke off {attempt} times ({type(exc).__name__})") from exc
-                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-                try:
-                    body = self._s3().get_object(Bucket=bucket, Key=key, **pin)["Body"]
-                except (ClientError, BotoCoreError) as again:
-                    raise _RowFailed(_s3_message(url, again)) from again
-                continue
-            except BotoCoreError as exc:
-                raise _RowFailed(_s3_message(url, exc)) from exc
-            if len(data) != size:
-                raise _RowFailed(f"{url!r}: read {len(data)} of {size} bytes")
-            return data
-        raise AssertionError("unreachable")
-
-    def _open_s3(self, bucket: str, key: str, etag: str | None, size: int, url: str) -> BinaryIO:
-        """A big S3 original's streaming body, pinned to the version fetch() saw."""
-        pin = {"IfMatch": etag} if etag else {}
-        try:
-            response = self._s3().get_object(Bucket=bucket, Key=key, **pin)
-        except (ClientError, BotoCoreError) as exc:
-            raise OriginalChanged(_s3_message(url, exc)) from exc
-        if int(response["ContentLength"]) != size:
-            response["Body"].close()
-            raise OriginalChanged(f"{url!r}: now {response['ContentLength']} bytes, {size} when it was fetched")
-        return response["Body"]
+        return self._s3.fetch(run, index, row, self.big_file_bytes)
 
 
 def _is_local(row: SourceRow) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from desq.errors import DesqError
+from desq.errors import DesqError, one_line
 from desq.source.rows import SourceRow
 
 
@@ -38,11 +38,6 @@ class Original:
     """One line saying why the original could not be fetched; then ``data`` and ``open`` are None."""
     content_type: str | None = None
     """S3's Content-Type, else guessed from the row's name (or path) with Python's own table; None if unknown."""
-
-
-def one_line(text: object) -> str:
-    """``text`` with every run of whitespace (newlines too) as one space."""
-    return " ".join(str(text).split())
 
 
 def failed(row: SourceRow, error: str) -> Original:
