@@ -523,3 +523,89 @@ def test_an_unreachable_s3_stops_the_fetch(aws_env: None) -> None:
     with Fetcher(s3_endpoint_url="http://127.0.0.1:1", threads=2) as fetcher:
         with pytest.raises(OriginalsUnavailable, match="does not answer"):
             list(fetcher.fetch(rows))
+
+
+# --- S3 failures, answered by a stand-in client -------------------------------------------------
+
+
+class _Body:
+    """A GET's body: ``data``, after breaking off ``breaks`` times."""
+
+    def __init__(self, data: bytes, breaks: int = 0) -> None:
+        self.data, self.breaks = data, breaks
+
+    def read(self) -> bytes:
+        from botocore.exceptions import IncompleteReadError
+
+        if self.breaks:
+            self.breaks -= 1
+            raise IncompleteReadError(actual_bytes=1, expected_bytes=len(self.data))
+        return self.data
+
+    def close(self) -> None:
+        pass
+
+
+class _Client:
+    """Answers get_object from a list (a dict, or an exception to raise) and records every request."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.requests: list[dict[str, object]] = []
+
+    def get_object(self, **request: object) -> object:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _answer(data: bytes, body: _Body | None = None, size: int | None = None) -> dict[str, object]:
+    return {"Body": body or _Body(data), "ContentLength": len(data) if size is None else size, "ETag": '"v1"'}
+
+
+def _client_error(status: int, code: str, message: str = "") -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (_client_error(403, "AccessDenied", "Access Denied"), "'s3://b/k': access denied"),
+    (_client_error(404, "NoSuchKey"), "'s3://b/k': no such object"),
+    (_client_error(404, "NoSuchBucket"), "'s3://b/k': no such bucket"),
+    (_client_error(400, "Odd", "two\nlines"), "'s3://b/k': S3 answered 400 Odd: two lines"),
+    (_answer(b"abc", size=5), "'s3://b/k': read 3 of 5 bytes"),
+])
+def test_s3_row_errors_say_what_s3_answered(answer: object, error: str) -> None:
+    with Fetcher(s3_client=_Client(answer)) as fetcher:
+        assert one(fetcher, row("s3://b/k")).error == error
+
+
+def test_a_broken_s3_body_is_fetched_again_pinned_to_its_version() -> None:
+    client = _Client(_answer(b"whole", _Body(b"whole", breaks=1)), _answer(b"whole"))
+    with Fetcher(s3_client=client) as fetcher:
+        assert one(fetcher, row("s3://b/k")).data == b"whole"
+    assert client.requests == [{"Bucket": "b", "Key": "k"}, {"Bucket": "b", "Key": "k", "IfMatch": '"v1"'}]
+    replaced = _Client(_answer(b"whole", _Body(b"whole", breaks=1)), _client_error(412, "PreconditionFailed"))
+    with Fetcher(s3_client=replaced) as fetcher:
+        assert one(fetcher, row("s3://b/k")).error == "'s3://b/k': the object changed while it was fetched"
+
+
+def test_a_body_that_keeps_breaking_off_is_a_row_error() -> None:
+    attempts = fetch_module.S3_ATTEMPTS
+    client = _Client(*(_answer(b"whole", _Body(b"whole", breaks=1)) for _ in range(attempts)))
+    with Fetcher(s3_client=client) as fetcher:
+        got = one(fetcher, row("s3://b/k"))
+    assert got.error == f"'s3://b/k': the download broke off {attempts} times (IncompleteReadError)"
+    assert len(client.requests) == attempts
+
+
+def test_a_busy_s3_stops_the_fetch() -> None:
+    from desq.source.fetch import OriginalsUnavailable
+
+    client = _Client(_client_error(503, "SlowDown", "Please reduce your request rate."))
+    with Fetcher(s3_client=client) as fetcher, pytest.raises(OriginalsUnavailable) as caught:
+        one(fetcher, row("s3://b/k"))
+    assert str(caught.value) == "the originals' S3 does not answer: 's3://b/k': S3 answered 503 SlowDown: Please reduce your request rate."

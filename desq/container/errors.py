@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from desq.errors import DesqError
+from desq.errors import ContainerError, CorruptContainer
 
-
-class ContainerError(DesqError):
-    """Base of every container error."""
-
-
-class CorruptContainer(ContainerError):
-    """Not a container, or a damaged one: wrong magic, truncated, bad offsets or checksums."""
+__all__ = ["ChecksumMismatch", "ContainerError", "CorruptContainer", "MemberNotFound", "WriterError"]
 
 
 class ChecksumMismatch(CorruptContainer):

@@ -11,6 +11,7 @@ import os
 from typing import Protocol, runtime_checkable
 
 from desq.container.errors import CorruptContainer
+from desq.fileio import pread_exactly
 
 
 @runtime_checkable
@@ -29,19 +30,6 @@ def _check_range(offset: int, length: int, size: int) -> None:
         raise ValueError(f"bad range offset={offset} length={length}")
     if offset + length > size:
         raise CorruptContainer(f"range {offset}+{length} runs past the end of the object ({size} bytes)")
-
-
-def pread_exactly(fd: int, offset: int, length: int) -> bytes | None:
-    """``length`` bytes at ``offset`` of a file descriptor, or None if the file ends first."""
-    parts = []
-    while length:
-        chunk = os.pread(fd, length, offset)
-        if not chunk:
-            return None
-        parts.append(chunk)
-        offset += len(chunk)
-        length -= len(chunk)
-    return b"".join(parts)
 
 
 class BytesSource:

@@ -7,7 +7,10 @@ from urllib.parse import unquote, urlsplit
 
 from desq.settings import Settings
 from desq.storage.base import (
+    AccessDenied,
+    BucketNotFound,
     InvalidKey,
+    NoCredentials,
     NotFound,
     ObjectInfo,
     RangeError,
@@ -21,8 +24,9 @@ from desq.storage.base import (
 )
 
 __all__ = [
-    "InvalidKey", "NotFound", "ObjectInfo", "RangeError", "StaleObject", "Storage", "StorageError",
-    "StorageUnavailable", "Upload", "check_key", "join_key", "open_storage", "storage_for",
+    "AccessDenied", "BucketNotFound", "InvalidKey", "NoCredentials", "NotFound", "ObjectInfo", "RangeError",
+    "StaleObject", "Storage", "StorageError", "StorageUnavailable", "Upload", "check_key", "join_key",
+    "open_storage", "storage_for",
 ]
 
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
-from desq.container.errors import CorruptContainer
-from desq.errors import DesqError
+from desq.errors import CorruptContainer, DesqError
 
 
 class StorageError(DesqError):
     """A storage request failed."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
+        """Why, in one line that does not name the request (``no such object``)."""
 
 
 class NotFound(StorageError):
@@ -32,6 +36,18 @@ class StaleObject(StorageError):
 
 class StorageUnavailable(StorageError):
     """The storage did not answer usefully, even after bounded retries."""
+
+
+class AccessDenied(StorageError):
+    """The credentials may not do that request."""
+
+
+class BucketNotFound(StorageError):
+    """The bucket a request names does not exist."""
+
+
+class NoCredentials(StorageError):
+    """No credentials to sign requests with: a configuration error."""
 
 
 class InvalidKey(StorageError, ValueError):

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from stat import S_ISDIR
 
-from desq.container.source import pread_exactly
+from desq.fileio import pread_exactly
 from desq.storage.base import InvalidKey, NotFound, ObjectInfo, RangeError, StaleObject, Storage, StorageError, Upload, check_key
 
 TEMP_PREFIX = ".desq-upload-"

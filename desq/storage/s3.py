@@ -1,90 +1,30 @@
 """The S3 backend (AWS S3, Ceph RGW, MinIO) with boto3.
 
-Request retries (500/503/SlowDown/throttling, timeouts, dropped connections) are botocore's own
-"standard" retry mode with its bounded exponential backoff; a response body that breaks off while
-it is read is retried here with the same kind of backoff. Ranged reads pinned to a version send
-``If-Match`` and turn 412 into StaleObject. Uploads buffer at most one part in memory and are
-aborted on any failure, so nothing half-written becomes visible.
+Requests, their retries and their errors are ``S3Objects``' (see ``desq.storage.s3_objects``).
+Ranged reads pinned to a version send ``If-Match`` and turn 412 into StaleObject. Uploads buffer at
+most one part in memory and are aborted on any failure, so nothing half-written becomes visible.
 """
 
 from __future__ import annotations
 
-import random
 import re
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    IncompleteReadError,
-    NoCredentialsError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
-from desq.storage.base import NotFound, ObjectInfo, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key
+from desq.storage.base import ObjectInfo, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key
+from desq.storage.s3_objects import TRANSIENT_BODY_ERRORS, S3Objects, s3_client, s3_error
+
+__all__ = ["MAX_PARTS", "PART_SIZE", "TRANSIENT_BODY_ERRORS", "S3Storage", "s3_client"]
 
 T = TypeVar("T")
 
 PART_SIZE = 8 << 20
 MAX_PARTS = 10_000
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-TRANSIENT_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError)
-"""Failures of a response body while it is read: worth reading it again."""
-_UNAVAILABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
-
-
-def _error(exc: Exception, what: str) -> StorageError:
-    """A botocore failure as desq's typed storage error."""
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        message = err.get("Message") or code
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return NotFound(f"{what}: no such object")
-        if code == "PreconditionFailed" or status == 412:
-            return StaleObject(f"{what}: the object changed since it was opened")
-        if code == "InvalidRange" or status == 416:
-            return RangeError(f"{what}: the range runs past the end of the object")
-        if code == "NoSuchBucket":
-            return StorageError(f"{what}: the bucket does not exist")
-        if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"):
-            return StorageUnavailable(f"{what}: S3 answered {status} {code} after retries")
-        return StorageError(f"{what}: S3 answered {status} {code}: {message}")
-    if isinstance(exc, NoCredentialsError):
-        return StorageError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
-    if isinstance(exc, _UNAVAILABLE) or isinstance(exc, TRANSIENT_BODY_ERRORS):
-        return StorageUnavailable(f"{what}: {type(exc).__name__} after retries")
-    return StorageError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def s3_client(
-    endpoint_url: str = "",
-    *,
-    max_attempts: int = 5,
-    max_pool_connections: int = 32,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 30.0,
-) -> Any:
-    """A boto3 S3 client as desq uses them: standard retries, timeouts, path-style with an endpoint."""
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": max_attempts},  # attempts, first included
-        max_pool_connections=max_pool_connections,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        s3={"addressing_style": "path" if endpoint_url else "auto"},
-    )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
 class S3Storage(Storage):
@@ -110,13 +50,11 @@ class S3Storage(Storage):
         self.prefix = parts.path.strip("/")
         self.part_size = max(5 << 20, part_size)
         self.max_attempts = max_attempts
-        self.client = client or s3_client(
-            endpoint_url,
-            max_attempts=max_attempts,
-            max_pool_connections=max_pool_connections,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+        self._objects = S3Objects(
+            endpoint_url, max_attempts=max_attempts, client=client,
+            max_pool_connections=max_pool_connections, connect_timeout=connect_timeout, read_timeout=read_timeout,
         )
+        self.client = self._objects.client
 
     # --- keys and calls ---------------------------------------------------------------------
 
@@ -125,24 +63,13 @@ class S3Storage(Storage):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return fn(Bucket=self.bucket, **kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, what) from exc
+        return self._objects.call(what, fn, Bucket=self.bucket, **kwargs)
 
-    def _get_body(self, what: str, **kwargs: Any) -> tuple[bytes, dict[str, Any]]:
-        """GET and read the body, retrying a body that breaks off midway (bounded backoff)."""
-        for attempt in range(1, self.max_attempts + 1):
-            response = self._call(what, self.client.get_object, **kwargs)
-            try:
-                return response["Body"].read(), response
-            except TRANSIENT_BODY_ERRORS as exc:
-                if attempt == self.max_attempts:
-                    raise _error(exc, what) from exc
-                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-            except BotoCoreError as exc:
-                raise _error(exc, what) from exc
-        raise AssertionError("unreachable")
+    def _get_body(self, what: str, key: str, *, if_match: str | None, byte_range: str) -> tuple[bytes, dict[str, Any]]:
+        """GET a range and read its body (a body that breaks off is asked for again)."""
+        opened = self._objects.get(what, self.bucket, key, if_match=if_match, Range=byte_range)
+        body, last = self._objects.read_body(what, opened)
+        return body, last.response
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -152,9 +79,8 @@ class S3Storage(Storage):
         full = self._key(key)
         if length == 0:
             return b""
-        extra = {"IfMatch": if_match} if if_match else {}
         what = f"reading {self.url}/{key}"
-        body, response = self._get_body(what, Key=full, Range=f"bytes={offset}-{offset + length - 1}", **extra)
+        body, response = self._get_body(what, full, if_match=if_match, byte_range=f"bytes={offset}-{offset + length - 1}")
         if len(body) != length:
             total = _total_size(response)
             if total is not None and offset + length > total:
@@ -170,9 +96,8 @@ class S3Storage(Storage):
             if if_match and info.etag != if_match:
                 raise StaleObject(f"{what}: the object changed since it was opened")
             return b"", info
-        extra = {"IfMatch": if_match} if if_match else {}
         try:
-            body, response = self._get_body(what, Key=full, Range=f"bytes=-{length}", **extra)
+            body, response = self._get_body(what, full, if_match=if_match, byte_range=f"bytes=-{length}")
         except RangeError:  # an empty object has no suffix to return
             info = self.head(key)
             return b"", info
@@ -199,7 +124,7 @@ class S3Storage(Storage):
                 ExtraArgs={"CopySourceIfMatch": source.etag},
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, what) from exc
+            raise s3_error(exc, what) from exc
         published = self.head(key)
         if published.size != source.size:
             raise StorageError(f"{what}: the copy has {published.size} bytes, the staged object {source.size}")
@@ -217,7 +142,7 @@ class S3Storage(Storage):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(key=item["Key"][len(base) :], size=item["Size"], etag=item["ETag"], modified=item.get("LastModified"))
         except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, f"listing {self.url}/{prefix}") from exc
+            raise s3_error(exc, f"listing {self.url}/{prefix}") from exc
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_seconds)
@@ -231,7 +156,7 @@ class S3Storage(Storage):
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                         aborted += 1
         except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, f"aborting abandoned uploads under {self.url}") from exc
+            raise s3_error(exc, f"aborting abandoned uploads under {self.url}") from exc
         return aborted
 
 
