@@ -6,7 +6,7 @@ from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 
-from desq.celeryconf import REDIS_RESULT_BACKEND
+from tasks.celeryconf import REDIS_RESULT_BACKEND
 
 app = Celery("desq")
 app.config_from_object("celeryconfig")

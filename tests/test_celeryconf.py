@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from desq.celeryconf import CONTROL_QUEUE, celery_config
+from tasks.celeryconf import CONTROL_QUEUE, celery_config
 from desq.settings import load_settings
 
 BIN = Path(sys.executable).parent
