@@ -154,7 +154,7 @@ def test_redis_restarted_during_a_fan_out(tmp_path: Path, night_db: str, how: st
 
 
 def test_a_pack_shard_message_the_broker_lost_is_sent_again(tmp_path: Path, night_db: str, broker: PrivateRedis) -> None:
-    """A Redis restart can lose a message a worker was popping (see tasks.pipeline.watch_nights):
+    """A Redis restart can lose a message a worker was popping (see tasks.watch.watch_nights):
     here one is taken off its queue before any packer runs; beat's watch_nights sends it again
     once the queues are empty, and the night finishes once with every file. Regression: the
     night's chord waited for the lost task forever."""
