@@ -19,7 +19,7 @@ from desq.layout import Layout
 from desq.settings import Settings, data_path
 
 CONTROL_QUEUE = "desq"
-"""Queue of the tasks that are not per shard: nightly, mark, finish_night, recover."""
+"""Queue of the tasks that are not per shard: nightly, finish_night, recover, watch_nights."""
 
 
 PACK_TASK = "desq.pack_shard"

@@ -81,11 +81,6 @@ def nightly(today: str | None = None) -> dict[str, Any]:
     return {"marked": marked, "tasks": len(header), "files": plan.files}
 
 
-@app.task(name="desq.mark")
-def mark(today: str | None = None) -> str:
-    return run_marker(SourceTable.connect(settings()), today=_day(today)).summary()
-
-
 @app.task(name="desq.pack_shard", bind=True, max_retries=MAX_RETRIES)
 def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = None) -> dict[str, Any]:
     """Pack one (date, shard). Busy leases and transient failures are retried with backoff; a

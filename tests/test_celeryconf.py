@@ -134,4 +134,4 @@ def test_every_task_is_registered_by_importing_tasks(in_tmp: Path) -> None:
     """What ``celery -A tasks`` loads: the tasks of tasks.pipeline and tasks.watch, by their names."""
     result = subprocess.run([sys.executable, "-c", REGISTERED], cwd=in_tmp, env=_env({}), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == ["desq.finish_night", "desq.mark", "desq.nightly", "desq.pack_shard", "desq.recover", "desq.watch_nights"]
+    assert json.loads(result.stdout) == ["desq.finish_night", "desq.nightly", "desq.pack_shard", "desq.recover", "desq.watch_nights"]
