@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
     app.extensions["desq.files"] = FileService(settings, archive, documents=plain)
     if settings.web.registry_url and settings.web.advertise_url:
-        from web.router import announce
+        from web.registry import announce
 
         app.extensions["desq.heartbeat"] = announce(settings.web.registry_url, settings.web.advertise_url, settings.web.health_interval, threading.Event())
     for blueprint in (health, files, metrics.metrics, openapi):
