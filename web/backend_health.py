@@ -3,7 +3,6 @@ in the background and by the answers to forwarded requests."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import urllib3
@@ -15,15 +14,13 @@ class Health:
 
     healthy: bool = True
     failures: int = 0
-    checked: float = 0.0
     threshold: int = 2
 
     def ok(self) -> None:
-        self.healthy, self.failures, self.checked = True, 0, time.time()
+        self.healthy, self.failures = True, 0
 
     def failed(self) -> None:
         self.failures += 1
-        self.checked = time.time()
         if self.failures >= self.threshold:
             self.healthy = False
 
