@@ -1,6 +1,6 @@
 """Celery reads its configuration here; every value comes from desq's settings."""
 
-from desq.celeryconf import celery_config
+from tasks.celeryconf import celery_config
 from desq.settings import load_settings
 
 globals().update(celery_config(load_settings()))

@@ -277,7 +277,7 @@ class Night:
         import redis as redis_lib
         from celery import Celery
 
-        from desq.celeryconf import CONTROL_QUEUE, celery_config
+        from tasks.celeryconf import CONTROL_QUEUE, celery_config
 
         self.redis = redis_lib.Redis.from_url(self.broker)
         self.redis.flushdb()

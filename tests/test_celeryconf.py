@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from desq.celeryconf import CONTROL_QUEUE, celery_config
+from tasks.celeryconf import CONTROL_QUEUE, celery_config
 from desq.settings import load_settings
 
 BIN = Path(sys.executable).parent
@@ -121,3 +121,17 @@ def test_a_typo_queue_fails_loudly(in_tmp: Path, redis_url: str) -> None:
     code = "from tasks import app\napp.send_task('desq.nothing', queue='shards-00-ff')"
     result = subprocess.run([sys.executable, "-c", code], cwd=in_tmp, env=_env({"DESQ_BROKER_URL": redis_url}), capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "shards-00-ff" in result.stderr
+
+
+REGISTERED = """
+import json
+from tasks import app
+print(json.dumps(sorted(name for name in app.tasks if name.startswith("desq."))))
+"""
+
+
+def test_every_task_is_registered_by_importing_tasks(in_tmp: Path) -> None:
+    """What ``celery -A tasks`` loads: the tasks of tasks.pipeline and tasks.watch, by their names."""
+    result = subprocess.run([sys.executable, "-c", REGISTERED], cwd=in_tmp, env=_env({}), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["desq.finish_night", "desq.nightly", "desq.pack_shard", "desq.recover", "desq.watch_nights"]

@@ -245,3 +245,33 @@ def test_the_day_of_a_created_at_in_a_url_and_the_archive_metrics(tmp_path: Path
     assert f"desq_cutoff_lag_days {float((target - date(2025, 11, 20)).days)}" in metrics
     assert "desq_cutoff_blocked 1.0" in metrics and "desq_night_rewritten_containers 2.0" in metrics
     assert "desq_night_unplaced_rows 1.0" in metrics and "desq_night_files 40.0" in metrics
+
+
+def test_one_s3_client_per_app_presigns_every_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import web.files
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    built: list[str] = []
+    real = web.files.s3_client
+    monkeypatch.setattr(web.files, "s3_client", lambda endpoint_url: built.append(endpoint_url) or real(endpoint_url))
+    env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a"), "DESQ_WEB_ORIGINAL_URL": "s3://live-bucket/docs/{uid}", "DESQ_ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:1"}
+    publish(LocalStorage(tmp_path / "a"), __import__("datetime").date(2025, 11, 20))
+    app = create_app(load_settings(env=env))
+    assert built == []  # built on the first presign, not with the app
+    locations: list[str] = []
+
+    def ask(uid: int) -> None:
+        locations.append(app.test_client().get(f"/files/{uid}?created_at=2025-11-21").headers["Location"])
+
+    threads = [threading.Thread(target=ask, args=(uid,)) for uid in range(990, 998)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ask(999)
+    assert built == ["http://127.0.0.1:1"]
+    assert sorted(location.split("?")[0] for location in locations) == [f"http://127.0.0.1:1/live-bucket/docs/{uid}" for uid in [*range(990, 998), 999]]
+    assert all("Signature" in location for location in locations)

@@ -153,7 +153,7 @@ def test_a_two_gib_member_streams_through_in_bounded_memory(tmp_path: Path) -> N
 
 @pytest.mark.integration
 def test_backends_announce_themselves_and_leave(redis_url: str) -> None:
-    from web.router import Backends, announce
+    from web.registry import Backends, announce
 
     registry = redis_url.rsplit("/", 1)[0] + "/8"
     __import__("redis").Redis.from_url(registry).flushdb()

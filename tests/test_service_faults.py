@@ -121,7 +121,7 @@ def test_redis_restarted_during_a_fan_out(tmp_path: Path, night_db: str, how: st
     """The broker and result backend (append-only, fsync always) is killed or stopped while
     pack_shard tasks are queued and running, and started again: every shard finishes, every file
     reads back, finish_night runs once. Regressions: a result, or its count in the chord, stored
-    while Redis was down was lost and the night never finished (desq.celeryconf)."""
+    while Redis was down was lost and the night never finished (tasks.celeryconf)."""
     files, restarts = (6000, 4) if LONG else (1200, 2)
     with PrivateRedis(tmp_path / "redis") as redis:
         night = Night(tmp_path, night_db, {"DESQ_BROKER_URL": redis.url(0)})
@@ -155,7 +155,7 @@ def test_redis_restarted_during_a_fan_out(tmp_path: Path, night_db: str, how: st
 
 
 def test_a_pack_shard_message_the_broker_lost_is_sent_again(tmp_path: Path, night_db: str, broker: PrivateRedis) -> None:
-    """A Redis restart can lose a message a worker was popping (see tasks.pipeline.watch_nights):
+    """A Redis restart can lose a message a worker was popping (see tasks.watch.watch_nights):
     here one is taken off its queue before any packer runs; beat's watch_nights sends it again
     once the queues are empty, and the night finishes once with every file. Regression: the
     night's chord waited for the lost task forever."""

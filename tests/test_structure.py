@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from desq.container import ContainerError, CorruptContainer
+from desq.storage import RangeError, StorageError
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("desq", "web", "tasks")
 APP_FRAMEWORKS = {"celery", "kombu", "flask", "werkzeug", "gunicorn"}
@@ -25,14 +28,18 @@ def modules(*packages: str) -> list[Path]:
 
 
 def imported(path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth of its code (top-level names)."""
+    """Every module ``path`` imports, at any depth of its code (functions included)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
+
+
+def roots(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported(path)}
 
 
 def test_the_library_imports_no_app_framework_and_no_app() -> None:
@@ -41,7 +48,7 @@ def test_the_library_imports_no_app_framework_and_no_app() -> None:
         rel = path.relative_to(ROOT).as_posix()
         if rel in MAY_IMPORT_APPS:
             continue
-        bad = imported(path) & (APP_FRAMEWORKS | {"web", "tasks"})
+        bad = roots(path) & (APP_FRAMEWORKS | {"web", "tasks"})
         if bad:
             offenders[rel] = sorted(bad)
     assert offenders == {}
@@ -50,7 +57,17 @@ def test_the_library_imports_no_app_framework_and_no_app() -> None:
 def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    from celery import chord\n    import flask.json\n")
-    assert imported(sample) == {"celery", "flask"}
+    assert imported(sample) == {"celery", "flask.json"} and roots(sample) == {"celery", "flask"}
+
+
+def test_storage_sits_below_the_containers() -> None:
+    offenders = {f"{p.name}: {n}" for p in modules("desq/storage") for n in imported(p) if n == "desq.container" or n.startswith("desq.container.")}
+    assert offenders == set()
+
+
+def test_a_range_past_the_end_is_still_a_corrupt_container() -> None:
+    """``except CorruptContainer`` and ``except ContainerError`` catch storage's RangeError."""
+    assert issubclass(RangeError, CorruptContainer) and issubclass(RangeError, ContainerError) and issubclass(RangeError, StorageError)
 
 
 @pytest.mark.parametrize("mode", ["name", "uid"])

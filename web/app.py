@@ -15,7 +15,7 @@ from desq.storage import Storage, storage_for
 from desq.storage.counting import CountingStorage
 from web import metrics
 from web.errors import register_error_handlers
-from web.files import files
+from web.files import Presigner, files
 from web.health import health
 from web.openapi import openapi
 
@@ -53,8 +53,9 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
     archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
     app.extensions["desq.files"] = FileService(settings, archive, documents=plain)
+    app.extensions["desq.presigner"] = Presigner(settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url)
     if settings.web.registry_url and settings.web.advertise_url:
-        from web.router import announce
+        from web.registry import announce
 
         app.extensions["desq.heartbeat"] = announce(settings.web.registry_url, settings.web.advertise_url, settings.web.health_interval, threading.Event())
     for blueprint in (health, files, metrics.metrics, openapi):

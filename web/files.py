@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,28 @@ files = Blueprint("files", __name__)
 
 def service() -> FileService:
     return current_app.extensions["desq.files"]
+
+
+class Presigner:
+    """Presigned GET URLs of S3 originals (uid mode, files newer than the cutoff) from one S3
+    client per app, built on the first presign and then shared by every thread."""
+
+    def __init__(self, endpoint_url: str) -> None:
+        self.endpoint_url = endpoint_url
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The app's S3 client (boto3 clients are thread-safe; building one is not cheap)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = s3_client(self.endpoint_url)
+        return self._client
+
+    def url(self, bucket: str, key: str) -> str:
+        """A URL that GETs ``key`` of ``bucket`` for the next 15 minutes."""
+        return self.client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=900)
 
 
 def bearer_token(header: str) -> bytes:
@@ -107,9 +130,7 @@ def _original(url: str) -> Response:
     for a file:// original, the file itself (Range and ETag by werkzeug)."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
-        settings = current_app.extensions["desq.settings"]
-        client = s3_client(settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url)
-        url = client.generate_presigned_url("get_object", Params={"Bucket": parts.netloc, "Key": unquote(parts.path.lstrip("/"))}, ExpiresIn=900)
+        url = current_app.extensions["desq.presigner"].url(parts.netloc, unquote(parts.path.lstrip("/")))
     elif parts.scheme == "file":
         path = unquote(parts.path)
         if any(part in (".", "..") for part in path.split("/")):

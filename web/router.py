@@ -10,10 +10,7 @@ connections. A connect error or a 503 from the owner sends the request to the ne
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import urllib3
@@ -23,10 +20,10 @@ from prometheus_client import Counter
 from desq.files import BadRequest
 from desq.mode import mode_for
 from desq.layout import LayoutError, shard_hex
-from desq.ownership import Ring
 from desq.settings import Settings
 from web.errors import error_response
 from web.files import require_token
+from web.registry import Backends
 
 router = Blueprint("router", __name__)
 
@@ -35,112 +32,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 PROXIED = Counter("desq_router_requests_total", "Requests forwarded", ["backend", "status"])
 ERRORS = Counter("desq_router_errors_total", "Backends that failed a forwarded request", ["backend"])
 FAILOVERS = Counter("desq_router_failovers_total", "Requests sent to a second choice")
-
-
-@dataclass
-class Health:
-    """A backend's circuit breaker: open (down) after ``threshold`` failures in a row, until it answers."""
-
-    healthy: bool = True
-    failures: int = 0
-    checked: float = 0.0
-    threshold: int = 2
-
-    def ok(self) -> None:
-        self.healthy, self.failures, self.checked = True, 0, time.time()
-
-    def failed(self) -> None:
-        self.failures += 1
-        self.checked = time.time()
-        if self.failures >= self.threshold:
-            self.healthy = False
-
-
-REGISTRY_PREFIX = "desq:backend:"
-
-
-def registered(url: str) -> list[str]:
-    """Backends announced in the registry and not yet expired."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    try:
-        return sorted(k.decode()[len(REGISTRY_PREFIX) :] for k in client.scan_iter(match=REGISTRY_PREFIX + "*", count=1000))
-    finally:
-        client.close()
-
-
-def announce(registry_url: str, advertise_url: str, interval: float, stop: threading.Event) -> threading.Thread:
-    """A files-API instance's heartbeat: its URL in the registry, expiring after 3 missed beats."""
-    import redis
-
-    def beat() -> None:
-        client = redis.Redis.from_url(registry_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        while True:
-            try:
-                client.set(REGISTRY_PREFIX + advertise_url, "1", ex=max(3, int(interval * 3)))
-            except redis.RedisError:
-                pass  # the registry is down: routers keep their last view, and static backends
-            if stop.wait(interval):
-                client.delete(REGISTRY_PREFIX + advertise_url)
-                return
-
-    thread = threading.Thread(target=beat, name="registry-heartbeat", daemon=True)
-    thread.start()
-    return thread
-
-
-class Backends:
-    """The ring over the static and registered backends, with their health (checked in the background)."""
-
-    def __init__(self, settings: Settings, *, interval: float = 5.0, timeout: float = 30.0) -> None:
-        self.settings = settings
-        self.bits = settings.shard_bits
-        self.health: dict[str, Health] = {}
-        self.ring = Ring([])
-        self._set_members(list(settings.web.backends))
-        self.pool = urllib3.PoolManager(num_pools=16, maxsize=64, retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._check_loop, name="router-health", daemon=True)
-        self.refresh()
-        self._thread.start()
-
-    def _set_members(self, members: list[str]) -> None:
-        if sorted(set(members)) != self.ring.backends:
-            self.ring = Ring(members)
-            self.health = {b: self.health.get(b, Health()) for b in self.ring.backends}
-
-    def refresh(self) -> None:
-        """Static backends plus live registrations (a backend that stops beating leaves the ring)."""
-        members = list(self.settings.web.backends)
-        if self.settings.web.registry_url:
-            try:
-                members += registered(self.settings.web.registry_url)
-            except Exception:  # noqa: BLE001 - the registry is down: keep the current ring
-                return
-        self._set_members(members)
-
-    def _check_loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
-            self.check_all()
-
-    def check_all(self) -> None:
-        for backend, health in self.health.items():
-            try:
-                answer = self.pool.request("GET", f"{backend}/healthz", timeout=urllib3.Timeout(total=2.0))
-                health.ok() if answer.status == 200 else health.failed()
-            except urllib3.exceptions.HTTPError:
-                health.failed()
-
-    def order(self, shard: int) -> list[str]:
-        """Where to send a request for ``shard``: healthy choices first, in ring order."""
-        choices = self.ring.choices(shard, self.bits, count=len(self.ring.backends))
-        return [b for b in choices if self.health[b].healthy] + [b for b in choices if not self.health[b].healthy]
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 def backends() -> Backends:

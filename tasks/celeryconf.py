@@ -19,7 +19,7 @@ from desq.layout import Layout
 from desq.settings import Settings, data_path
 
 CONTROL_QUEUE = "desq"
-"""Queue of the tasks that are not per shard: nightly, mark, finish_night, recover."""
+"""Queue of the tasks that are not per shard: nightly, finish_night, recover, watch_nights."""
 
 
 PACK_TASK = "desq.pack_shard"
@@ -32,7 +32,7 @@ RESULT_RETRIES = 100
 PUBLISH_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 """Sending a task (the night's fan-out, the chord's finish_night) waits up to about two minutes for the broker."""
 
-REDIS_RESULT_BACKEND = "desq.celeryconf:RedisResultBackend"
+REDIS_RESULT_BACKEND = "tasks.celeryconf:RedisResultBackend"
 logger = logging.getLogger(__name__)
 
 
@@ -139,7 +139,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "nightly": {"task": "desq.nightly", "schedule": crontab(minute=0, hour=0)},
             "recover": {"task": "desq.recover", "schedule": crontab(minute=30)},
-            # Sends again what a broker restart lost of a night's pack_shard messages (tasks.pipeline).
+            # Sends again what a broker restart lost of a night's pack_shard messages (tasks.watch).
             "watch_nights": {"task": "desq.watch_nights", "schedule": float(max(5, settings.pipeline.lease_seconds))},
         },
     }
