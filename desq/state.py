@@ -1,7 +1,8 @@
 """desq's own tables: the key-value state (uid mode's cutoff, night records) and the leases.
 
 They live in ``state.db_url``, else in the source database beside the business table (which desq
-never alters). Packers starting together may race to create them; that is no error.
+never alters; ``Deployment.state_engine`` decides). Packers starting together may race to create
+them; that is no error.
 """
 
 from __future__ import annotations
@@ -37,11 +38,6 @@ LEASE = sa.Table(
     sa.Column("token", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
-
-
-def state_engine(state_url: str | None, source_engine: Engine) -> Engine:
-    """The one rule for where desq's tables live: ``state.db_url``, else the source database."""
-    return create_engine(state_url) if state_url else source_engine
 
 
 def create_tables(engine: Engine, tables: list[sa.Table]) -> None:
