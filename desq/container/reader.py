@@ -16,7 +16,8 @@ from crc32c import crc32c
 from desq.container import format as fmt
 from desq.container.errors import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound, WriterError
 from desq.container.member import Member, MemberMeta, Problem
-from desq.container.source import ByteSource
+from desq.container.ranges import check_range, coalesce
+from desq.container.source import ByteSource, ExternalOpener
 
 DEFAULT_SUFFIX = 64 * 1024
 """First read of a container: the footer and, for up to ~2,500 members, the whole index."""
@@ -24,8 +25,6 @@ MAX_MERGE = 8 << 20
 KEEP_NAMES = 64 << 10
 """NAMES regions up to this size stay in memory; larger ones are read again when listing."""
 MAX_GAP = 64 << 10
-
-ExternalOpener = Callable[[str], ByteSource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +184,7 @@ class ContainerReader:
     def open_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
         """A member's metadata and a checked stream of bytes ``[start, stop)``, from one frame read
         for members of one block (the stream raises before its first byte if they fail a check)."""
-        slot, head, frame = self._find_head(name, whole=lambda s: start == 0 and stop in (None, s.size))
-        stop = slot.size if stop is None else stop
-        if not 0 <= start <= stop <= slot.size:
-            raise ValueError(f"range [{start}, {stop}) is outside member {name!r} of {slot.size} bytes")
+        slot, head, frame, stop = self._find_range(name, start, stop)
         return self._meta_of(slot, head, frame), self._iter_checked(slot, head, frame, start, stop, chunk_size)
 
     def meta(self, name: str) -> MemberMeta:
@@ -222,11 +218,16 @@ class ContainerReader:
 
         Raises MemberNotFound or ValueError (bad range) before yielding anything.
         """
+        slot, head, frame, stop = self._find_range(name, start, stop)
+        return self._iter_checked(slot, head, frame, start, stop, chunk_size)
+
+    def _find_range(self, name: str, start: int, stop: int | None) -> tuple[_Slot, fmt.Head, bytes | None, int]:
+        """``_find_head`` for bytes ``[start, stop)`` (the whole frame for the whole member), with
+        ``stop`` resolved; ValueError for a range outside the member."""
         slot, head, frame = self._find_head(name, whole=lambda slot: start == 0 and stop in (None, slot.size))
         stop = slot.size if stop is None else stop
-        if not 0 <= start <= stop <= slot.size:
-            raise ValueError(f"range [{start}, {stop}) is outside member {name!r} of {slot.size} bytes")
-        return self._iter_checked(slot, head, frame, start, stop, chunk_size)
+        check_range(name, start, stop, slot.size)
+        return slot, head, frame, stop
 
     def _iter_checked(self, slot: _Slot, head: fmt.Head, frame: bytes | None, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
         if frame is not None and not slot.external:
@@ -296,7 +297,7 @@ class ContainerReader:
                 raise MemberNotFound(name)
             wanted.append((name, slots[0]))
         small = [(n, s) for n, s in wanted if not s.external and s.end - s.start <= max_merge]
-        for group in _coalesce(sorted(small, key=lambda p: p[1].start), max_merge, max_gap):
+        for group in coalesce(sorted(small, key=lambda p: p[1].start), _frame_span, max_merge, max_gap):
             lo, hi = group[0][1].start, max(s.end for _, s in group)
             raw = memoryview(self.source.read(lo, hi - lo))
             for name, slot in group:
@@ -345,7 +346,7 @@ class ContainerReader:
         names = self._load_names()
         slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
         keep = [(names[s.position], s) for s in slots if names[s.position] not in skip]
-        for group in _coalesce(keep, MAX_MERGE, 0):
+        for group in coalesce(keep, _frame_span, MAX_MERGE, 0):
             lo, hi = group[0][1].start, max(s.end for _, s in group)
             if hi - lo > MAX_MERGE:  # one frame bigger than a merge: stream its blocks, checked
                 name, slot = group[0]
@@ -396,21 +397,8 @@ class ContainerReader:
         return problems
 
 
-def _coalesce(items: list[tuple[str, _Slot]], max_merge: int, max_gap: int) -> Iterator[list[tuple[str, _Slot]]]:
-    """Group frames sorted by start into runs read with one request each."""
-    group: list[tuple[str, _Slot]] = []
-    lo = hi = 0
-    for item in items:
-        slot = item[1]
-        if group and slot.start - hi <= max_gap and max(hi, slot.end) - lo <= max_merge:
-            group.append(item)
-            hi = max(hi, slot.end)
-            continue
-        if group:
-            yield group
-        group, lo, hi = [item], slot.start, slot.end
-    if group:
-        yield group
+def _frame_span(item: tuple[str, _Slot]) -> tuple[int, int]:
+    return item[1].start, item[1].end
 
 
 def _size_from_footer(footer_raw: bytes) -> int:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import reprlib
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from desq.container.errors import ContainerError, CorruptContainer, MemberNotFound
 from desq.container.member import Member, MemberMeta, Problem
-from desq.container.source import ByteSource
+from desq.container.ranges import check_range, coalesce
+from desq.container.source import ByteSource, ExternalOpener
 
 VERSION = 1
 HEADER_MAGIC = b"DESHEAD1"
@@ -51,8 +52,6 @@ MAX_INDEX_READ = 1 << 30
 """Largest META+INDEX span ``open`` reads into memory; a bigger one is refused as implausible."""
 HEADER_MERGE_GAP = 64 << 10
 """A first data read starting this close to the header fetches the header with it."""
-
-ExternalOpener = Callable[[str], ByteSource]
 
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -380,7 +379,7 @@ class DesV1Reader:
     def read_range(self, name: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of the member."""
         entry, check = self._readable(name)
-        _check_range(entry, start, stop)
+        check_range(entry.name, start, stop, entry.data_length)
         if entry.external:
             return _fetch(self._open_external(entry, check), start, stop - start) if stop > start else b""
         return self._read_data(entry.data_offset + start, stop - start, stop - start + HEADER_MERGE_GAP)
@@ -389,7 +388,7 @@ class DesV1Reader:
         """Bytes ``[start, stop)`` of the member in chunks of at most ``chunk_size`` bytes."""
         entry, check = self._readable(name)
         stop = entry.data_length if stop is None else stop
-        _check_range(entry, start, stop)
+        check_range(entry.name, start, stop, entry.data_length)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if entry.external:
@@ -501,7 +500,7 @@ class DesV1Reader:
         self, inside: list[tuple[Entry, EntryCheck]], outside: list[tuple[Entry, EntryCheck]], max_merge: int, max_gap: int
     ) -> Iterator[tuple[str, bytes]]:
         """Members inside the container in coalesced reads, then the external ones."""
-        for group in _coalesce([e for e, _ in inside], max_merge, max_gap):
+        for group in coalesce([e for e, _ in inside], _data_span, max_merge, max_gap):
             start = group[0].data_offset
             end = max(e.data_end for e in group)
             raw = self._read_data(start, end - start, end - start + HEADER_MERGE_GAP)
@@ -544,23 +543,5 @@ def _member(entry: Entry) -> Member:
     return Member(entry.name, entry.data_length, 0 if entry.external else entry.data_offset, entry.external)
 
 
-def _check_range(entry: Entry, start: int, stop: int) -> None:
-    """ValueError unless ``0 <= start <= stop <= size``."""
-    if not 0 <= start <= stop <= entry.data_length:
-        raise ValueError(f"range [{start}, {stop}) is outside member {entry.name!r} of {entry.data_length} bytes")
-
-
-def _coalesce(entries: list[Entry], max_merge: int, max_gap: int) -> Iterator[list[Entry]]:
-    """Runs of entries (sorted by offset) whose data lie within ``max_gap`` and span <= ``max_merge``."""
-    group: list[Entry] = []
-    start = end = 0
-    for entry in entries:
-        if group and entry.data_offset - end <= max_gap and max(end, entry.data_end) - start <= max_merge:
-            group.append(entry)
-            end = max(end, entry.data_end)
-            continue
-        if group:
-            yield group
-        group, start, end = [entry], entry.data_offset, entry.data_end
-    if group:
-        yield group
+def _data_span(entry: Entry) -> tuple[int, int]:
+    return entry.data_offset, entry.data_end
