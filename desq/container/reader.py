@@ -240,17 +240,7 @@ class ContainerReader:
         yield from self._iter_blocks(slot, head, start, stop, chunk_size)
 
     def _check_small(self, slot: _Slot, name: str, frame: memoryview) -> memoryview:
-        """DATA of a whole in-container frame, after checking it against its CRCs."""
-        data = frame[slot.head_len : slot.head_len + slot.size]
-        block_crcs, data_crc = fmt.parse_tail(frame[slot.head_len + slot.size :], slot.size, slot.shift)
-        if len(block_crcs) > 1:
-            block = 1 << slot.shift
-            for i, expected in enumerate(block_crcs):
-                if crc32c(data[i * block : (i + 1) * block]) != expected:
-                    raise ChecksumMismatch(name, f"block {i} checksum does not match")
-        if crc32c(data) != data_crc:
-            raise ChecksumMismatch(name, "data checksum does not match")
-        return data
+        return checked_data(name, frame, slot.head_len, slot.size, slot.shift)
 
     def _iter_blocks(self, slot: _Slot, head: fmt.Head, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
         tail_at = slot.offset + slot.data_len
@@ -395,6 +385,21 @@ class ContainerReader:
             except (CorruptContainer, ContainerError) as exc:
                 problems.append(Problem(name, str(exc).removeprefix(f"member {name!r}: ")))
         return problems
+
+
+def checked_data(name: str, frame: memoryview, head_len: int, size: int, shift: int) -> memoryview:
+    """DATA of a whole in-container frame, after checking it against its TAIL's CRCs
+    (ChecksumMismatch if they do not match)."""
+    data = frame[head_len : head_len + size]
+    block_crcs, data_crc = fmt.parse_tail(frame[head_len + size :], size, shift)
+    if len(block_crcs) > 1:
+        block = 1 << shift
+        for i, expected in enumerate(block_crcs):
+            if crc32c(data[i * block : (i + 1) * block]) != expected:
+                raise ChecksumMismatch(name, f"block {i} checksum does not match")
+    if crc32c(data) != data_crc:
+        raise ChecksumMismatch(name, "data checksum does not match")
+    return data
 
 
 def _frame_span(item: tuple[str, _Slot]) -> tuple[int, int]:
