@@ -126,6 +126,11 @@ class ContainerReader:
     def layout_version(self) -> int:
         return self.footer.layout_version
 
+    @property
+    def index_bytes(self) -> int:
+        """Memory the open index holds: INDEX as stored, 24 bytes a member."""
+        return len(self.index.raw)
+
     # --- lookups ----------------------------------------------------------------------------
 
     def _slot(self, position: int) -> _Slot:

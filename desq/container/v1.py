@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from desq.container.errors import ContainerError, CorruptContainer, MemberNotFound
+from desq.container.format import Head
 from desq.container.member import Member, MemberMeta, Problem
 from desq.container.ranges import check_range, coalesce
 from desq.container.source import ByteSource, ExternalOpener
@@ -93,6 +94,16 @@ class DesV1Reader:
             reader._accept_header(suffix[:HEADER_SIZE])
         return reader
 
+    @property
+    def layout_version(self) -> None:
+        """None: DES v1 records no layout version, so no v2 writer merges it."""
+        return None
+
+    @property
+    def index_bytes(self) -> int:
+        """About 128 bytes a live member: its entry and its share of the META and INDEX bytes."""
+        return 128 * self.count
+
     # --- lookups ---
 
     def members(self) -> Iterator[Member]:
@@ -107,6 +118,11 @@ class DesV1Reader:
         """The live member called ``name``, or None."""
         entry = self._live.get(name)
         return None if entry is None else _member(entry)
+
+    def size_hint(self, name: str) -> int | None:
+        """The live member's size from the index (no request), or None if there is no such member."""
+        entry = self._live.get(name)
+        return None if entry is None else entry.data_length
 
     def meta(self, name: str) -> MemberMeta:
         """The member's metadata; CorruptContainer if it does not parse or disagrees with the index."""
@@ -151,6 +167,10 @@ class DesV1Reader:
             return self._iter_external(entry, check, start, stop, chunk_size)
         return self._iter_data(entry.data_offset, start, stop, chunk_size)
 
+    def open_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
+        """``meta`` and ``iter_range`` of the member (v1 has no checksums to check first)."""
+        return self.meta(name), self.iter_range(name, start, stop, chunk_size)
+
     def read_many(self, names: Iterable[str], *, max_merge: int = 8 << 20, max_gap: int = 64 << 10) -> Iterator[tuple[str, bytes]]:
         """``(name, bytes)`` of each named member once, in container order; nearby members share one read."""
         if max_merge < 0 or max_gap < 0:
@@ -181,6 +201,10 @@ class DesV1Reader:
             if previous is None or entry.data_end > previous.data_end:
                 previous = entry
         return problems
+
+    def raw_frames(self, skip: set[str]) -> Iterator[tuple[Head, bytes]]:
+        """Refused: DES v1 holds no v2 frames (``ContainerWriter.merge`` refuses it by ``layout_version``)."""
+        raise ContainerError("a DES v1 container has no v2 frames to copy")
 
     # --- internals ---
 
