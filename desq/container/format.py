@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from crc32c import crc32c
 
-from desq.container.errors import CorruptContainer, WriterError
+from desq.container.errors import ChecksumMismatch, CorruptContainer, WriterError
 from desq.container.format_meta import (  # noqa: F401 - re-exported: callers use fmt.Meta, fmt.META_RECORD, ...
     MAX_META_BYTES, META_RECORD, TAG_CONTENT_TYPE, TAG_CREATED_AT, TAG_EXTERNAL_KEY, TAG_PATH, Meta, decode_meta, encode_meta,
 )
@@ -243,6 +243,21 @@ def parse_tail(raw: bytes | memoryview, size: int, shift: int) -> tuple[list[int
     values = list(struct.unpack(f"<{len(raw) // 4}I", raw))
     data_crc = values[-1]
     return (values[:-1] if count > 1 else [data_crc] * count), data_crc
+
+
+def checked_data(name: str, frame: memoryview, head_len: int, size: int, shift: int) -> memoryview:
+    """DATA of a whole in-container frame, after checking it against its TAIL's CRCs
+    (ChecksumMismatch if they do not match)."""
+    data = frame[head_len : head_len + size]
+    block_crcs, data_crc = parse_tail(frame[head_len + size :], size, shift)
+    if len(block_crcs) > 1:
+        block = 1 << shift
+        for i, expected in enumerate(block_crcs):
+            if crc32c(data[i * block : (i + 1) * block]) != expected:
+                raise ChecksumMismatch(name, f"block {i} checksum does not match")
+    if crc32c(data) != data_crc:
+        raise ChecksumMismatch(name, "data checksum does not match")
+    return data
 
 
 # --- index and footer -----------------------------------------------------------------------

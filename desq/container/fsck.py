@@ -13,7 +13,6 @@ from typing import BinaryIO
 
 from desq.container import format as fmt
 from desq.container.errors import ChecksumMismatch, CorruptContainer
-from desq.container.reader import checked_data
 from desq.container.source import ByteSource
 from desq.container.writer import ContainerWriter, Summary
 from desq.layout import LAYOUT_VERSION
@@ -41,7 +40,7 @@ def _frame_at(source: ByteSource, at: int, size: int) -> tuple[fmt.Head, bytes] 
     frame = source.read(at, head.frame_len)
     if not head.external:
         try:
-            checked_data(head.name, memoryview(frame), head.head_len, head.size, head.block_shift)
+            fmt.checked_data(head.name, memoryview(frame), head.head_len, head.size, head.block_shift)
         except ChecksumMismatch:
             return None
     return head, frame

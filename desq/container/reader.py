@@ -236,16 +236,13 @@ class ContainerReader:
 
     def _iter_checked(self, slot: _Slot, head: fmt.Head, frame: bytes | None, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
         if frame is not None and not slot.external:
-            data = self._check_small(slot, head.name, memoryview(frame))
+            data = fmt.checked_data(head.name, memoryview(frame), slot.head_len, slot.size, slot.shift)
             for at in range(start, stop, chunk_size):
                 yield bytes(data[at : min(stop, at + chunk_size)])
             return
         if start == stop:
             return
         yield from self._iter_blocks(slot, head, start, stop, chunk_size)
-
-    def _check_small(self, slot: _Slot, name: str, frame: memoryview) -> memoryview:
-        return checked_data(name, frame, slot.head_len, slot.size, slot.shift)
 
     def _iter_blocks(self, slot: _Slot, head: fmt.Head, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
         tail_at = slot.offset + slot.data_len
@@ -301,7 +298,7 @@ class ContainerReader:
                 if head.name != name:  # another name with the same hash: look it up alone
                     yield name, self.read(name)
                     continue
-                yield name, bytes(self._check_small(slot, name, frame))
+                yield name, bytes(fmt.checked_data(name, frame, slot.head_len, slot.size, slot.shift))
         for name, slot in wanted:
             if slot.external or slot.end - slot.start > max_merge:
                 yield name, self.read(name)
@@ -329,17 +326,20 @@ class ContainerReader:
             raise CorruptContainer("container names region has bytes past its last name")
         return names
 
+    def _slots_in_order(self) -> list[_Slot]:
+        return sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+
     def members(self) -> Iterator[Member]:
         """Every member in container order (needs the NAMES region: at most one request)."""
         names = self._load_names()
-        slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        slots = self._slots_in_order()
         for slot in slots:
             yield Member(name=names[slot.position], size=slot.size, offset=0 if slot.external else slot.offset, external=slot.external)
 
     def raw_frames(self, skip: set[str]) -> Iterator[tuple[fmt.Head, bytes]]:
         """Each member's (head, whole frame), checked once, for ``ContainerWriter.merge``."""
         names = self._load_names()
-        slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        slots = self._slots_in_order()
         keep = [(names[s.position], s) for s in slots if names[s.position] not in skip]
         for group in coalesce(keep, _frame_span, MAX_MERGE, 0):
             lo, hi = group[0][1].start, max(s.end for _, s in group)
@@ -356,7 +356,7 @@ class ContainerReader:
                 if head.name != name:
                     raise CorruptContainer(f"index entry {slot.position}: frame holds {head.name!r}, names region says {name!r}")
                 if not slot.external:
-                    self._check_small(slot, name, frame)
+                    fmt.checked_data(name, frame, slot.head_len, slot.size, slot.shift)
                 yield head, bytes(frame)
 
     def verify(self) -> list[Problem]:
@@ -370,7 +370,7 @@ class ContainerReader:
             problems.append(Problem(None, str(exc)))
         try:
             names = self._load_names()
-            slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+            slots = self._slots_in_order()
         except CorruptContainer as exc:
             return [*problems, Problem(None, str(exc))]
         expected = fmt.HEADER_SIZE
@@ -390,21 +390,6 @@ class ContainerReader:
             except (CorruptContainer, ContainerError) as exc:
                 problems.append(Problem(name, str(exc).removeprefix(f"member {name!r}: ")))
         return problems
-
-
-def checked_data(name: str, frame: memoryview, head_len: int, size: int, shift: int) -> memoryview:
-    """DATA of a whole in-container frame, after checking it against its TAIL's CRCs
-    (ChecksumMismatch if they do not match)."""
-    data = frame[head_len : head_len + size]
-    block_crcs, data_crc = fmt.parse_tail(frame[head_len + size :], size, shift)
-    if len(block_crcs) > 1:
-        block = 1 << shift
-        for i, expected in enumerate(block_crcs):
-            if crc32c(data[i * block : (i + 1) * block]) != expected:
-                raise ChecksumMismatch(name, f"block {i} checksum does not match")
-    if crc32c(data) != data_crc:
-        raise ChecksumMismatch(name, "data checksum does not match")
-    return data
 
 
 def _frame_span(item: tuple[str, _Slot]) -> tuple[int, int]:
