@@ -50,8 +50,7 @@ class StorageSource:
 
 
 def _cost(reader: Reader) -> int:
-    index = getattr(reader, "index", None)
-    return len(index.raw) + 256 if index is not None else 128 * reader.count + 256
+    return reader.index_bytes + 256
 
 
 class Archive:
@@ -159,23 +158,12 @@ class Archive:
 
     def size_hint(self, key: str, name: str) -> int | None:
         """The member's size from the cached index (no request once the index is cached)."""
-        reader = self.open(key)
-        hint = getattr(reader, "size_hint", None)
-        if hint is not None:
-            return hint(name)
-        member = reader.find(name)
-        return member.size if member else None
+        return self.open(key).size_hint(name)
 
     def open_range(self, key: str, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
         """Metadata and a checked stream of a member's bytes; a replaced container is reopened."""
 
-        def use(reader: Reader) -> tuple[MemberMeta, Iterator[bytes]]:
-            opener = getattr(reader, "open_range", None)
-            if opener is not None:
-                return opener(name, start, stop, chunk_size)
-            return reader.meta(name), iter(reader.iter_range(name, start, stop, chunk_size))
-
-        return self._fresh(key, use)
+        return self._fresh(key, lambda reader: reader.open_range(name, start, stop, chunk_size))
 
     def iter_range(self, key: str, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Stream bytes of a member. A replacement noticed before the first chunk is retried;

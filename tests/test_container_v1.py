@@ -14,7 +14,7 @@ from des_v1_writer import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from desq.container import v1
+from desq.container import v1_format as v1
 from desq.container.errors import ContainerError, CorruptContainer, MemberNotFound
 from desq.container.member import Member, MemberMeta, Problem
 from desq.container.source import ByteSource, BytesSource, FileSource

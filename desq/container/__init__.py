@@ -13,26 +13,46 @@ from desq.container.errors import ChecksumMismatch, ContainerError, CorruptConta
 from desq.container.member import Member, MemberMeta, Problem
 from desq.container.reader import DEFAULT_SUFFIX, ContainerReader, ExternalOpener
 from desq.container.source import ByteSource, BytesSource, FileSource
-from desq.container.writer import ContainerWriter, Summary, external_checksums
+from desq.container.writer import ContainerWriter, RawFrames, Summary, external_checksums
 
 __all__ = [
     "ByteSource", "BytesSource", "ChecksumMismatch", "ContainerError", "ContainerReader", "ContainerWriter",
-    "CorruptContainer", "FileSource", "Member", "MemberMeta", "MemberNotFound", "Problem", "Reader", "Summary",
+    "CorruptContainer", "FileSource", "Member", "MemberMeta", "MemberNotFound", "Problem", "RawFrames", "Reader", "Summary",
     "WriterError", "external_checksums", "open_container",
 ]
 
 
-class Reader(Protocol):
-    """What every container version's reader offers (v2: ContainerReader, v1: DesV1Reader)."""
+class Reader(RawFrames, Protocol):
+    """What every container version's reader offers (v2: ContainerReader, v1: DesV1Reader).
 
-    version: int
-    count: int
+    Being a RawFrames, any reader can be given to ``ContainerWriter.merge``, which refuses one
+    of another layout (a DES v1 container records none).
+    """
+
+    @property
+    def version(self) -> int:
+        """The container format: 2, or 1 for DES v1."""
+
+    @property
+    def count(self) -> int:
+        """How many members the container holds."""
+
+    @property
+    def layout_version(self) -> int | None:
+        """The layout the container was written with; None where the format records none (v1)."""
+
+    @property
+    def index_bytes(self) -> int:
+        """About how much memory the open index holds: what a cache of readers charges for it."""
 
     def members(self) -> Iterator[Member]:
         """Every member, in container order."""
 
     def find(self, name: str) -> Member | None:
         """The member called ``name``, or None."""
+
+    def size_hint(self, name: str) -> int | None:
+        """The size the index gives ``name`` (no request), or None when it cannot tell."""
 
     def meta(self, name: str) -> MemberMeta:
         """A member's stored metadata."""
@@ -45,6 +65,9 @@ class Reader(Protocol):
 
     def iter_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Stream bytes ``[start, stop)`` of a member."""
+
+    def open_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
+        """A member's metadata and a stream of its bytes ``[start, stop)``."""
 
     def read_many(self, names: Iterable[str], *, max_merge: int = ..., max_gap: int = ...) -> Iterator[tuple[str, bytes]]:
         """Several members, adjacent ones in one request."""

@@ -4,13 +4,13 @@
 
     HEADER(16) | FRAME ... | NAMES | INDEX | FOOTER(64)
 
-A FRAME is one member: ``HEAD | DATA | TAIL``. HEAD holds the name, size and metadata and its
-own CRC32C; TAIL holds the data's CRC32C (and one per block for members over one block). A frame
-depends on nothing outside itself, so frames can be copied between containers as raw bytes and
-recovered by scanning for FRAME_MAGIC when the index is lost. INDEX is two arrays: the 64-bit
-hashes of the names, sorted, then one 16-byte entry per hash; lookups binary-search the raw
-bytes. FOOTER, fixed-size at the very end, locates NAMES and INDEX and carries their CRC32Cs.
-All integers are little-endian.
+A FRAME is one member: ``HEAD | DATA | TAIL``. HEAD holds the name, size and metadata (the
+records of ``format_meta``, re-exported here) and its own CRC32C; TAIL holds the data's CRC32C
+(and one per block for members over one block). A frame depends on nothing outside itself, so
+frames can be copied between containers as raw bytes and recovered by scanning for FRAME_MAGIC
+when the index is lost. INDEX is two arrays: the 64-bit hashes of the names, sorted, then one
+16-byte entry per hash; lookups binary-search the raw bytes. FOOTER, fixed-size at the very end,
+locates NAMES and INDEX and carries their CRC32Cs. All integers are little-endian.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import sys
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from crc32c import crc32c
 
-from desq.container.errors import CorruptContainer, WriterError
+from desq.container.errors import ChecksumMismatch, CorruptContainer, WriterError
+from desq.container.format_meta import (  # noqa: F401 - re-exported: callers use fmt.Meta, fmt.META_RECORD, ...
+    MAX_META_BYTES, META_RECORD, TAG_CONTENT_TYPE, TAG_CREATED_AT, TAG_EXTERNAL_KEY, TAG_PATH, Meta, decode_meta, encode_meta,
+)
 
 FORMAT_VERSION = 2
 
@@ -39,7 +41,6 @@ HEAD_CRC = struct.Struct("<I")
 FLAG_EXTERNAL = 0x01
 KNOWN_FLAGS = FLAG_EXTERNAL
 MAX_NAME_BYTES = 1024
-MAX_META_BYTES = 8192
 MIN_BLOCK_SHIFT = 20  # blocks of 1 MiB ...
 MAX_BLOCKS = 8192  # ... growing (by powers of two) so that no member has more than 8192
 MAX_MEMBER_SIZE = (1 << 48) - 1
@@ -60,17 +61,6 @@ FOOTER = struct.Struct("<QQQQIIHHIII8s")
 # layout version, flags, reserved, CRC32C of the 52 bytes before it, magic
 FOOTER_SIZE = FOOTER.size  # 64
 _FOOTER_CRC_SPAN = FOOTER_SIZE - 12
-
-# Metadata: (u8 tag, u16 length, value) records; readers skip tags they do not know.
-META_RECORD = struct.Struct("<BH")
-TAG_CONTENT_TYPE = 1
-TAG_PATH = 2
-TAG_CREATED_AT = 3  # i64 microseconds since 1970-01-01 UTC
-TAG_EXTERNAL_KEY = 4
-_I64 = struct.Struct("<q")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MICROSECOND = datetime.resolution
-
 
 def name_hash(name: bytes) -> int:
     """The 64-bit hash the index is sorted by: BLAKE2b-64 of the UTF-8 name, as a LE integer."""
@@ -112,85 +102,6 @@ def decode_name(raw: bytes, where: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptContainer(f"{where}: a member name is not valid UTF-8") from None
-
-
-# --- metadata -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Meta:
-    """The metadata a frame carries besides name and size."""
-
-    content_type: str | None = None
-    path: str | None = None
-    created_at: datetime | None = None
-    external_key: str | None = None
-
-
-def encode_meta(meta: Meta) -> bytes:
-    """Meta -> its compact TLV encoding; WriterError on values that cannot be stored."""
-    parts = []
-    for tag, value in ((TAG_CONTENT_TYPE, meta.content_type), (TAG_PATH, meta.path), (TAG_EXTERNAL_KEY, meta.external_key)):
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise WriterError(f"metadata values must be strings, got {value!r}")
-        try:
-            raw = value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise WriterError(f"metadata value {value!r} is not valid UTF-8 text") from None
-        parts.append(META_RECORD.pack(tag, len(raw)) + raw)
-    if meta.created_at is not None:
-        created = meta.created_at
-        if not isinstance(created, datetime) or created.utcoffset() is None:
-            raise WriterError(f"created_at must be a datetime with a time zone, got {created!r}")
-        micros = (created - _EPOCH) // _ONE_MICROSECOND
-        try:
-            _EPOCH + micros * _ONE_MICROSECOND
-        except OverflowError:
-            raise WriterError(f"created_at {created.isoformat()} is outside the years 1..9999 in UTC") from None
-        parts.append(META_RECORD.pack(TAG_CREATED_AT, 8) + _I64.pack(micros))
-    encoded = b"".join(parts)
-    if len(encoded) > MAX_META_BYTES:
-        raise WriterError(f"metadata is {len(encoded)} bytes; at most {MAX_META_BYTES} are allowed")
-    return encoded
-
-
-def decode_meta(raw: bytes | memoryview, where: str) -> Meta:
-    """TLV bytes -> Meta; CorruptContainer on truncated or repeated records."""
-    values: dict[int, object] = {}
-    pos, end = 0, len(raw)
-    while pos < end:
-        if pos + META_RECORD.size > end:
-            raise CorruptContainer(f"{where}: metadata record header is truncated")
-        tag, length = META_RECORD.unpack_from(raw, pos)
-        pos += META_RECORD.size
-        value = bytes(raw[pos : pos + length])
-        if len(value) != length:
-            raise CorruptContainer(f"{where}: metadata record runs past its end")
-        pos += length
-        if tag in values:
-            raise CorruptContainer(f"{where}: metadata tag {tag} appears twice")
-        if tag == TAG_CREATED_AT:
-            if length != 8:
-                raise CorruptContainer(f"{where}: created_at is {length} bytes, not 8")
-            try:
-                values[tag] = _EPOCH + _I64.unpack(value)[0] * _ONE_MICROSECOND
-            except OverflowError:
-                raise CorruptContainer(f"{where}: created_at is out of range") from None
-        elif tag in (TAG_CONTENT_TYPE, TAG_PATH, TAG_EXTERNAL_KEY):
-            try:
-                values[tag] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CorruptContainer(f"{where}: metadata tag {tag} is not valid UTF-8") from None
-        else:
-            values[tag] = None  # a tag from a later writer: skipped
-    return Meta(
-        content_type=values.get(TAG_CONTENT_TYPE),  # type: ignore[arg-type]
-        path=values.get(TAG_PATH),  # type: ignore[arg-type]
-        created_at=values.get(TAG_CREATED_AT),  # type: ignore[arg-type]
-        external_key=values.get(TAG_EXTERNAL_KEY),  # type: ignore[arg-type]
-    )
 
 
 # --- header ---------------------------------------------------------------------------------
@@ -332,6 +243,21 @@ def parse_tail(raw: bytes | memoryview, size: int, shift: int) -> tuple[list[int
     values = list(struct.unpack(f"<{len(raw) // 4}I", raw))
     data_crc = values[-1]
     return (values[:-1] if count > 1 else [data_crc] * count), data_crc
+
+
+def checked_data(name: str, frame: memoryview, head_len: int, size: int, shift: int) -> memoryview:
+    """DATA of a whole in-container frame, after checking it against its TAIL's CRCs
+    (ChecksumMismatch if they do not match)."""
+    data = frame[head_len : head_len + size]
+    block_crcs, data_crc = parse_tail(frame[head_len + size :], size, shift)
+    if len(block_crcs) > 1:
+        block = 1 << shift
+        for i, expected in enumerate(block_crcs):
+            if crc32c(data[i * block : (i + 1) * block]) != expected:
+                raise ChecksumMismatch(name, f"block {i} checksum does not match")
+    if crc32c(data) != data_crc:
+        raise ChecksumMismatch(name, "data checksum does not match")
+    return data
 
 
 # --- index and footer -----------------------------------------------------------------------

@@ -11,10 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from crc32c import crc32c
-
 from desq.container import format as fmt
-from desq.container.errors import CorruptContainer
+from desq.container.errors import ChecksumMismatch, CorruptContainer
 from desq.container.source import ByteSource
 from desq.container.writer import ContainerWriter, Summary
 from desq.layout import LAYOUT_VERSION
@@ -40,14 +38,10 @@ def _frame_at(source: ByteSource, at: int, size: int) -> tuple[fmt.Head, bytes] 
     if end > size or head.frame_len > fmt.MAX_HEAD + (1 << 30):
         return None  # salvage keeps members of up to 1 GiB in memory; larger ones are reported
     frame = source.read(at, head.frame_len)
-    tail = memoryview(frame)[head.head_len + head.data_len :]
-    block_crcs, data_crc = fmt.parse_tail(tail, head.size, head.block_shift)
     if not head.external:
-        data = memoryview(frame)[head.head_len : head.head_len + head.size]
-        if crc32c(data) != data_crc:
-            return None
-        block = 1 << head.block_shift
-        if len(block_crcs) > 1 and any(crc32c(data[i * block : (i + 1) * block]) != c for i, c in enumerate(block_crcs)):
+        try:
+            fmt.checked_data(head.name, memoryview(frame), head.head_len, head.size, head.block_shift)
+        except ChecksumMismatch:
             return None
     return head, frame
 

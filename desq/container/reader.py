@@ -16,7 +16,8 @@ from crc32c import crc32c
 from desq.container import format as fmt
 from desq.container.errors import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound, WriterError
 from desq.container.member import Member, MemberMeta, Problem
-from desq.container.source import ByteSource
+from desq.container.ranges import check_range, coalesce
+from desq.container.source import ByteSource, ExternalOpener
 
 DEFAULT_SUFFIX = 64 * 1024
 """First read of a container: the footer and, for up to ~2,500 members, the whole index."""
@@ -24,8 +25,6 @@ MAX_MERGE = 8 << 20
 KEEP_NAMES = 64 << 10
 """NAMES regions up to this size stay in memory; larger ones are read again when listing."""
 MAX_GAP = 64 << 10
-
-ExternalOpener = Callable[[str], ByteSource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +126,11 @@ class ContainerReader:
     def layout_version(self) -> int:
         return self.footer.layout_version
 
+    @property
+    def index_bytes(self) -> int:
+        """Memory the open index holds: INDEX as stored, 24 bytes a member."""
+        return len(self.index.raw)
+
     # --- lookups ----------------------------------------------------------------------------
 
     def _slot(self, position: int) -> _Slot:
@@ -185,10 +189,7 @@ class ContainerReader:
     def open_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
         """A member's metadata and a checked stream of bytes ``[start, stop)``, from one frame read
         for members of one block (the stream raises before its first byte if they fail a check)."""
-        slot, head, frame = self._find_head(name, whole=lambda s: start == 0 and stop in (None, s.size))
-        stop = slot.size if stop is None else stop
-        if not 0 <= start <= stop <= slot.size:
-            raise ValueError(f"range [{start}, {stop}) is outside member {name!r} of {slot.size} bytes")
+        slot, head, frame, stop = self._find_range(name, start, stop)
         return self._meta_of(slot, head, frame), self._iter_checked(slot, head, frame, start, stop, chunk_size)
 
     def meta(self, name: str) -> MemberMeta:
@@ -222,34 +223,26 @@ class ContainerReader:
 
         Raises MemberNotFound or ValueError (bad range) before yielding anything.
         """
+        slot, head, frame, stop = self._find_range(name, start, stop)
+        return self._iter_checked(slot, head, frame, start, stop, chunk_size)
+
+    def _find_range(self, name: str, start: int, stop: int | None) -> tuple[_Slot, fmt.Head, bytes | None, int]:
+        """``_find_head`` for bytes ``[start, stop)`` (the whole frame for the whole member), with
+        ``stop`` resolved; ValueError for a range outside the member."""
         slot, head, frame = self._find_head(name, whole=lambda slot: start == 0 and stop in (None, slot.size))
         stop = slot.size if stop is None else stop
-        if not 0 <= start <= stop <= slot.size:
-            raise ValueError(f"range [{start}, {stop}) is outside member {name!r} of {slot.size} bytes")
-        return self._iter_checked(slot, head, frame, start, stop, chunk_size)
+        check_range(name, start, stop, slot.size)
+        return slot, head, frame, stop
 
     def _iter_checked(self, slot: _Slot, head: fmt.Head, frame: bytes | None, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
         if frame is not None and not slot.external:
-            data = self._check_small(slot, head.name, memoryview(frame))
+            data = fmt.checked_data(head.name, memoryview(frame), slot.head_len, slot.size, slot.shift)
             for at in range(start, stop, chunk_size):
                 yield bytes(data[at : min(stop, at + chunk_size)])
             return
         if start == stop:
             return
         yield from self._iter_blocks(slot, head, start, stop, chunk_size)
-
-    def _check_small(self, slot: _Slot, name: str, frame: memoryview) -> memoryview:
-        """DATA of a whole in-container frame, after checking it against its CRCs."""
-        data = frame[slot.head_len : slot.head_len + slot.size]
-        block_crcs, data_crc = fmt.parse_tail(frame[slot.head_len + slot.size :], slot.size, slot.shift)
-        if len(block_crcs) > 1:
-            block = 1 << slot.shift
-            for i, expected in enumerate(block_crcs):
-                if crc32c(data[i * block : (i + 1) * block]) != expected:
-                    raise ChecksumMismatch(name, f"block {i} checksum does not match")
-        if crc32c(data) != data_crc:
-            raise ChecksumMismatch(name, "data checksum does not match")
-        return data
 
     def _iter_blocks(self, slot: _Slot, head: fmt.Head, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:
         tail_at = slot.offset + slot.data_len
@@ -296,7 +289,7 @@ class ContainerReader:
                 raise MemberNotFound(name)
             wanted.append((name, slots[0]))
         small = [(n, s) for n, s in wanted if not s.external and s.end - s.start <= max_merge]
-        for group in _coalesce(sorted(small, key=lambda p: p[1].start), max_merge, max_gap):
+        for group in coalesce(sorted(small, key=lambda p: p[1].start), _frame_span, max_merge, max_gap):
             lo, hi = group[0][1].start, max(s.end for _, s in group)
             raw = memoryview(self.source.read(lo, hi - lo))
             for name, slot in group:
@@ -305,7 +298,7 @@ class ContainerReader:
                 if head.name != name:  # another name with the same hash: look it up alone
                     yield name, self.read(name)
                     continue
-                yield name, bytes(self._check_small(slot, name, frame))
+                yield name, bytes(fmt.checked_data(name, frame, slot.head_len, slot.size, slot.shift))
         for name, slot in wanted:
             if slot.external or slot.end - slot.start > max_merge:
                 yield name, self.read(name)
@@ -333,19 +326,22 @@ class ContainerReader:
             raise CorruptContainer("container names region has bytes past its last name")
         return names
 
+    def _slots_in_order(self) -> list[_Slot]:
+        return sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+
     def members(self) -> Iterator[Member]:
         """Every member in container order (needs the NAMES region: at most one request)."""
         names = self._load_names()
-        slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        slots = self._slots_in_order()
         for slot in slots:
             yield Member(name=names[slot.position], size=slot.size, offset=0 if slot.external else slot.offset, external=slot.external)
 
     def raw_frames(self, skip: set[str]) -> Iterator[tuple[fmt.Head, bytes]]:
         """Each member's (head, whole frame), checked once, for ``ContainerWriter.merge``."""
         names = self._load_names()
-        slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+        slots = self._slots_in_order()
         keep = [(names[s.position], s) for s in slots if names[s.position] not in skip]
-        for group in _coalesce(keep, MAX_MERGE, 0):
+        for group in coalesce(keep, _frame_span, MAX_MERGE, 0):
             lo, hi = group[0][1].start, max(s.end for _, s in group)
             if hi - lo > MAX_MERGE:  # one frame bigger than a merge: stream its blocks, checked
                 name, slot = group[0]
@@ -360,7 +356,7 @@ class ContainerReader:
                 if head.name != name:
                     raise CorruptContainer(f"index entry {slot.position}: frame holds {head.name!r}, names region says {name!r}")
                 if not slot.external:
-                    self._check_small(slot, name, frame)
+                    fmt.checked_data(name, frame, slot.head_len, slot.size, slot.shift)
                 yield head, bytes(frame)
 
     def verify(self) -> list[Problem]:
@@ -374,7 +370,7 @@ class ContainerReader:
             problems.append(Problem(None, str(exc)))
         try:
             names = self._load_names()
-            slots = sorted((self._slot(i) for i in range(self.count)), key=lambda s: s.start)
+            slots = self._slots_in_order()
         except CorruptContainer as exc:
             return [*problems, Problem(None, str(exc))]
         expected = fmt.HEADER_SIZE
@@ -396,21 +392,8 @@ class ContainerReader:
         return problems
 
 
-def _coalesce(items: list[tuple[str, _Slot]], max_merge: int, max_gap: int) -> Iterator[list[tuple[str, _Slot]]]:
-    """Group frames sorted by start into runs read with one request each."""
-    group: list[tuple[str, _Slot]] = []
-    lo = hi = 0
-    for item in items:
-        slot = item[1]
-        if group and slot.start - hi <= max_gap and max(hi, slot.end) - lo <= max_merge:
-            group.append(item)
-            hi = max(hi, slot.end)
-            continue
-        if group:
-            yield group
-        group, lo, hi = [item], slot.start, slot.end
-    if group:
-        yield group
+def _frame_span(item: tuple[str, _Slot]) -> tuple[int, int]:
+    return item[1].start, item[1].end
 
 
 def _size_from_footer(footer_raw: bytes) -> int:

@@ -8,6 +8,7 @@ request budget by counting calls.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from desq.container.errors import CorruptContainer
@@ -23,6 +24,10 @@ class ByteSource(Protocol):
 
     def read_suffix(self, length: int) -> tuple[bytes, int]:
         """The last ``min(length, size)`` bytes and the object's total size."""
+
+
+ExternalOpener = Callable[[str], ByteSource]
+"""Opens the stored object holding an external member's bytes, given the key its container records."""
 
 
 def _check_range(offset: int, length: int, size: int) -> None:

@@ -2,10 +2,10 @@
 
     HEADER(16) | DATA | META | INDEX | FOOTER(72)
 
-``des-v1-format.md`` describes every byte. desq reads v1 and never writes it. v1 has no
-checksums, so everything the layout implies is checked instead: a damaged container ends in
-CorruptContainer with a one-line message, never in another exception and never in a read
-outside the regions the footer states.
+``des-v1-format.md`` describes every byte; ``v1_format`` parses them. desq reads v1 and never
+writes it. v1 has no checksums, so everything the layout implies is checked instead: a damaged
+container ends in CorruptContainer with a one-line message, never in another exception and never
+in a read outside the regions the footer states.
 
 Damage that makes the index unusable (footer, regions, index entries, names) fails ``open``.
 Damage confined to one member (its data or metadata out of place, bad JSON, unsupported flags)
@@ -14,265 +14,21 @@ makes only that member unreadable; ``verify`` lists it.
 
 from __future__ import annotations
 
-import json
-import reprlib
-import struct
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 
 from desq.container.errors import ContainerError, CorruptContainer, MemberNotFound
+from desq.container.format import Head
 from desq.container.member import Member, MemberMeta, Problem
-from desq.container.source import ByteSource
+from desq.container.ranges import check_range, coalesce
+from desq.container.source import ByteSource, ExternalOpener
+from desq.container.v1_format import (
+    FOOTER_SIZE, HEADER_SIZE, Entry, EntryCheck, Footer, check_entry, check_header, is_des_v1, parse_footer, parse_index,
+)
 
-VERSION = 1
-HEADER_MAGIC = b"DESHEAD1"
-FOOTER_MAGIC = b"DESFOOT1"
-HEADER = struct.Struct("<8sB7s")  # magic, version, 7 zero bytes
-FOOTER = struct.Struct("<8sB7s7Q")
-# magic, version, 7 reserved bytes, data_start, data_length, meta_start, meta_length,
-# index_start, index_length, file_count
-HEADER_SIZE = HEADER.size  # 16
-FOOTER_SIZE = FOOTER.size  # 72
-MIN_SIZE = HEADER_SIZE + FOOTER_SIZE  # 88
-DATA_START = HEADER_SIZE
+__all__ = ["HEADER_MERGE_GAP", "DesV1Reader", "ExternalOpener", "is_des_v1"]
 
-NAME_LEN = struct.Struct("<H")
-ENTRY_FIELDS = struct.Struct("<QQQQI")  # data_offset, data_length, meta_offset, meta_length, flags
-MIN_ENTRY_SIZE = NAME_LEN.size + ENTRY_FIELDS.size  # 38
-
-FLAG_EXTERNAL = 0x1
-FLAG_COMPRESSED = 0x2
-FLAG_ENCRYPTED = 0x4
-FLAG_DELETED = 0x8
-KNOWN_FLAGS = FLAG_EXTERNAL | FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_DELETED
-
-MAX_MEMBER_SIZE = 1 << 48
-MAX_INDEX_READ = 1 << 30
-"""Largest META+INDEX span ``open`` reads into memory; a bigger one is refused as implausible."""
 HEADER_MERGE_GAP = 64 << 10
 """A first data read starting this close to the header fetches the header with it."""
-
-ExternalOpener = Callable[[str], ByteSource]
-
-_short = reprlib.Repr()
-_short.maxstring = 60
-_short.maxother = 60
-
-
-# --- pure parsing ---------------------------------------------------------------------------
-
-
-def is_des_v1(tail: bytes) -> bool:
-    """Whether these last bytes of an object end with a DES v1 footer (magic and version)."""
-    return len(tail) >= FOOTER_SIZE and tail[-FOOTER_SIZE:][:9] == FOOTER_MAGIC + bytes([VERSION])
-
-
-@dataclass(frozen=True, slots=True)
-class Footer:
-    """A parsed and checked DES v1 footer, with the object size it was checked against."""
-
-    size: int
-    reserved: bytes
-    data_start: int
-    data_length: int
-    meta_start: int
-    meta_length: int
-    index_start: int
-    index_length: int
-    file_count: int
-
-    @property
-    def data_end(self) -> int:
-        return self.data_start + self.data_length
-
-    @property
-    def meta_end(self) -> int:
-        return self.meta_start + self.meta_length
-
-    @property
-    def index_end(self) -> int:
-        return self.index_start + self.index_length
-
-    @property
-    def footer_start(self) -> int:
-        return self.size - FOOTER_SIZE
-
-
-def parse_footer(tail: bytes, size: int) -> Footer:
-    """Check the footer at the end of ``tail`` (the last bytes of an object of ``size`` bytes)."""
-    if size < MIN_SIZE:
-        raise CorruptContainer(f"{size} bytes is too short for a DES v1 container (at least {MIN_SIZE})")
-    if len(tail) < FOOTER_SIZE:
-        raise CorruptContainer("DES v1 footer is truncated")
-    magic, version, reserved, *fields = FOOTER.unpack_from(tail, len(tail) - FOOTER_SIZE)
-    if magic != FOOTER_MAGIC:
-        raise CorruptContainer(f"not a DES v1 container: footer magic is {magic!r}, not {FOOTER_MAGIC!r}")
-    if version != VERSION:
-        raise CorruptContainer(f"DES v1 footer says version {version}, not {VERSION}")
-    footer = Footer(size, reserved, *fields)
-    check_regions(footer)
-    return footer
-
-
-def check_regions(f: Footer) -> None:
-    """Regions inside the file, in order, not overlapping; a member count the index can hold."""
-    if f.data_start != DATA_START:
-        raise CorruptContainer(f"DES v1 DATA starts at {f.data_start}, not {DATA_START}")
-    regions = (("DATA", f.data_start, f.data_end), ("META", f.meta_start, f.meta_end), ("INDEX", f.index_start, f.index_end))
-    for region, start, end in regions:
-        if end > f.footer_start:
-            raise CorruptContainer(f"DES v1 {region} region [{start}, {end}) runs past the footer at {f.footer_start}")
-    if f.meta_start < f.data_end:
-        raise CorruptContainer(f"DES v1 META region at {f.meta_start} overlaps or precedes DATA ending at {f.data_end}")
-    if f.index_start < f.meta_end:
-        raise CorruptContainer(f"DES v1 INDEX region at {f.index_start} overlaps or precedes META ending at {f.meta_end}")
-    most = f.index_length // MIN_ENTRY_SIZE
-    if f.file_count > most:
-        raise CorruptContainer(
-            f"DES v1 footer claims {f.file_count} members; its {f.index_length}-byte index holds at most {most}"
-        )
-    span = f.index_end - f.meta_start
-    if span > MAX_INDEX_READ:
-        raise CorruptContainer(f"DES v1 META and INDEX span {span} bytes, more than the {MAX_INDEX_READ} a reader accepts")
-
-
-def check_header(raw: bytes) -> None:
-    """Check the 16-byte header."""
-    if len(raw) < HEADER_SIZE:
-        raise CorruptContainer("DES v1 header is truncated")
-    magic, version, pad = HEADER.unpack_from(raw)
-    if magic != HEADER_MAGIC:
-        raise CorruptContainer(f"not a DES v1 container: header magic is {magic!r}, not {HEADER_MAGIC!r}")
-    if version != VERSION:
-        raise CorruptContainer(f"DES v1 header says version {version}, not {VERSION}")
-    if any(pad):
-        raise CorruptContainer("DES v1 header padding is not zero")
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One INDEX entry as stored."""
-
-    position: int
-    name: str
-    data_offset: int
-    data_length: int
-    meta_offset: int
-    meta_length: int
-    flags: int
-
-    @property
-    def external(self) -> bool:
-        return bool(self.flags & FLAG_EXTERNAL)
-
-    @property
-    def deleted(self) -> bool:
-        return bool(self.flags & FLAG_DELETED)
-
-    @property
-    def data_end(self) -> int:
-        return self.data_offset + self.data_length
-
-
-def parse_index(raw: bytes | memoryview, count: int) -> list[Entry]:
-    """The ``count`` entries that must fill ``raw`` (the INDEX region) exactly."""
-    entries = []
-    pos, end = 0, len(raw)
-    for i in range(count):
-        if pos + NAME_LEN.size > end:
-            raise CorruptContainer(f"DES v1 index entry {i} runs past the end of the index")
-        (name_len,) = NAME_LEN.unpack_from(raw, pos)
-        name_end = pos + NAME_LEN.size + name_len
-        if name_end > end:
-            raise CorruptContainer(f"DES v1 index entry {i}: its {name_len}-byte name runs past the end of the index")
-        if name_end + ENTRY_FIELDS.size > end:
-            raise CorruptContainer(f"DES v1 index entry {i}: its fields run past the end of the index")
-        try:
-            name = bytes(raw[pos + NAME_LEN.size : name_end]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise CorruptContainer(f"DES v1 index entry {i}: the name is not valid UTF-8") from None
-        entries.append(Entry(i, name, *ENTRY_FIELDS.unpack_from(raw, name_end)))
-        pos = name_end + ENTRY_FIELDS.size
-    if pos != end:
-        raise CorruptContainer(f"DES v1 index has {end - pos} bytes after its {count} entries")
-    return entries
-
-
-@dataclass(frozen=True, slots=True)
-class EntryCheck:
-    """What is wrong with one entry: problems with its data, and with its metadata."""
-
-    meta: dict[str, object] | None
-    data_problems: tuple[str, ...]
-    meta_problems: tuple[str, ...]
-
-    @property
-    def problems(self) -> tuple[str, ...]:
-        return self.data_problems + self.meta_problems
-
-
-def check_entry(entry: Entry, footer: Footer, meta_region: bytes | memoryview) -> EntryCheck:
-    """Check one entry against the regions; ``meta_region`` holds the META bytes."""
-    data: list[str] = []
-    unknown = entry.flags & ~KNOWN_FLAGS
-    if unknown:
-        data.append(f"unknown flag bits 0x{unknown:x}")
-    if entry.flags & FLAG_COMPRESSED:
-        data.append("flagged compressed (0x2), which the DES v1 tool never wrote")
-    if entry.flags & FLAG_ENCRYPTED:
-        data.append("flagged encrypted (0x4), which the DES v1 tool never wrote")
-    if entry.data_length > MAX_MEMBER_SIZE:
-        data.append(f"data_length {entry.data_length} is beyond 2**48")
-    elif entry.external:
-        if entry.data_offset:
-            data.append(f"external member has data_offset {entry.data_offset}, not 0")
-    elif entry.data_offset < footer.data_start or entry.data_end > footer.data_end:
-        data.append(f"data [{entry.data_offset}, {entry.data_end}) lies outside DATA [{footer.data_start}, {footer.data_end})")
-    meta, meta_problems = _check_meta(entry, footer, meta_region)
-    return EntryCheck(meta, tuple(data), meta_problems)
-
-
-def _check_meta(
-    entry: Entry, footer: Footer, meta_region: bytes | memoryview
-) -> tuple[dict[str, object] | None, tuple[str, ...]]:
-    """The entry's parsed metadata (None if unusable) and what is wrong with it."""
-    end = entry.meta_offset + entry.meta_length
-    if entry.meta_offset < footer.meta_start or end > footer.meta_end:
-        return None, (f"metadata [{entry.meta_offset}, {end}) lies outside META [{footer.meta_start}, {footer.meta_end})",)
-    start = entry.meta_offset - footer.meta_start
-    meta, problem = parse_meta(bytes(meta_region[start : start + entry.meta_length]))
-    if meta is None:
-        return None, (problem,)
-    problems = []
-    size = meta.get("size")
-    if "size" in meta and (type(size) is not int or size != entry.data_length):
-        problems.append(f"metadata size {_short.repr(size)} does not match the index ({entry.data_length})")
-    mime = meta.get("mime")
-    if mime is not None and not isinstance(mime, str):
-        problems.append(f"metadata mime {_short.repr(mime)} is not a string")
-    flag = meta.get("is_external")
-    if "is_external" in meta and flag is not entry.external:
-        problems.append(f"metadata is_external {_short.repr(flag)} disagrees with the index flags (0x{entry.flags:x})")
-    key = meta.get("external_key")
-    if entry.external and not (isinstance(key, str) and key):
-        problems.append(f"external member has no usable external_key in its metadata (got {_short.repr(key)})")
-    return meta, tuple(problems)
-
-
-def parse_meta(raw: bytes) -> tuple[dict[str, object] | None, str]:
-    """``(object, "")`` for a JSON object, else ``(None, what is wrong)``."""
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "metadata is not valid UTF-8"
-    except (ValueError, RecursionError):
-        return None, "metadata is not valid JSON"
-    if not isinstance(value, dict):
-        return None, f"metadata is a JSON {type(value).__name__}, not an object"
-    return value, ""
-
-
-# --- the reader -----------------------------------------------------------------------------
 
 
 def _fetch(source: ByteSource, offset: int, length: int) -> bytes:
@@ -338,6 +94,16 @@ class DesV1Reader:
             reader._accept_header(suffix[:HEADER_SIZE])
         return reader
 
+    @property
+    def layout_version(self) -> None:
+        """None: DES v1 records no layout version, so no v2 writer merges it."""
+        return None
+
+    @property
+    def index_bytes(self) -> int:
+        """About 128 bytes a live member: its entry and its share of the META and INDEX bytes."""
+        return 128 * self.count
+
     # --- lookups ---
 
     def members(self) -> Iterator[Member]:
@@ -352,6 +118,11 @@ class DesV1Reader:
         """The live member called ``name``, or None."""
         entry = self._live.get(name)
         return None if entry is None else _member(entry)
+
+    def size_hint(self, name: str) -> int | None:
+        """The live member's size from the index (no request), or None if there is no such member."""
+        entry = self._live.get(name)
+        return None if entry is None else entry.data_length
 
     def meta(self, name: str) -> MemberMeta:
         """The member's metadata; CorruptContainer if it does not parse or disagrees with the index."""
@@ -380,7 +151,7 @@ class DesV1Reader:
     def read_range(self, name: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of the member."""
         entry, check = self._readable(name)
-        _check_range(entry, start, stop)
+        check_range(entry.name, start, stop, entry.data_length)
         if entry.external:
             return _fetch(self._open_external(entry, check), start, stop - start) if stop > start else b""
         return self._read_data(entry.data_offset + start, stop - start, stop - start + HEADER_MERGE_GAP)
@@ -389,12 +160,16 @@ class DesV1Reader:
         """Bytes ``[start, stop)`` of the member in chunks of at most ``chunk_size`` bytes."""
         entry, check = self._readable(name)
         stop = entry.data_length if stop is None else stop
-        _check_range(entry, start, stop)
+        check_range(entry.name, start, stop, entry.data_length)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if entry.external:
             return self._iter_external(entry, check, start, stop, chunk_size)
         return self._iter_data(entry.data_offset, start, stop, chunk_size)
+
+    def open_range(self, name: str, start: int = 0, stop: int | None = None, chunk_size: int = 1 << 20) -> tuple[MemberMeta, Iterator[bytes]]:
+        """``meta`` and ``iter_range`` of the member (v1 has no checksums to check first)."""
+        return self.meta(name), self.iter_range(name, start, stop, chunk_size)
 
     def read_many(self, names: Iterable[str], *, max_merge: int = 8 << 20, max_gap: int = 64 << 10) -> Iterator[tuple[str, bytes]]:
         """``(name, bytes)`` of each named member once, in container order; nearby members share one read."""
@@ -426,6 +201,10 @@ class DesV1Reader:
             if previous is None or entry.data_end > previous.data_end:
                 previous = entry
         return problems
+
+    def raw_frames(self, skip: set[str]) -> Iterator[tuple[Head, bytes]]:
+        """Refused: DES v1 holds no v2 frames (``ContainerWriter.merge`` refuses it by ``layout_version``)."""
+        raise ContainerError("a DES v1 container has no v2 frames to copy")
 
     # --- internals ---
 
@@ -501,7 +280,7 @@ class DesV1Reader:
         self, inside: list[tuple[Entry, EntryCheck]], outside: list[tuple[Entry, EntryCheck]], max_merge: int, max_gap: int
     ) -> Iterator[tuple[str, bytes]]:
         """Members inside the container in coalesced reads, then the external ones."""
-        for group in _coalesce([e for e, _ in inside], max_merge, max_gap):
+        for group in coalesce([e for e, _ in inside], _data_span, max_merge, max_gap):
             start = group[0].data_offset
             end = max(e.data_end for e in group)
             raw = self._read_data(start, end - start, end - start + HEADER_MERGE_GAP)
@@ -544,23 +323,5 @@ def _member(entry: Entry) -> Member:
     return Member(entry.name, entry.data_length, 0 if entry.external else entry.data_offset, entry.external)
 
 
-def _check_range(entry: Entry, start: int, stop: int) -> None:
-    """ValueError unless ``0 <= start <= stop <= size``."""
-    if not 0 <= start <= stop <= entry.data_length:
-        raise ValueError(f"range [{start}, {stop}) is outside member {entry.name!r} of {entry.data_length} bytes")
-
-
-def _coalesce(entries: list[Entry], max_merge: int, max_gap: int) -> Iterator[list[Entry]]:
-    """Runs of entries (sorted by offset) whose data lie within ``max_gap`` and span <= ``max_merge``."""
-    group: list[Entry] = []
-    start = end = 0
-    for entry in entries:
-        if group and entry.data_offset - end <= max_gap and max(end, entry.data_end) - start <= max_merge:
-            group.append(entry)
-            end = max(end, entry.data_end)
-            continue
-        if group:
-            yield group
-        group, start, end = [entry], entry.data_offset, entry.data_end
-    if group:
-        yield group
+def _data_span(entry: Entry) -> tuple[int, int]:
+    return entry.data_offset, entry.data_end

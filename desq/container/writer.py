@@ -29,9 +29,11 @@ _ONE_BLOCK = 1 << fmt.MIN_BLOCK_SHIFT
 
 
 class RawFrames(Protocol):
-    """What ``merge`` copies from: verified raw frames of an existing container."""
+    """What ``merge`` copies from: verified raw frames of an existing container (any Reader)."""
 
-    layout_version: int
+    @property
+    def layout_version(self) -> int | None:
+        """The layout of the frames; None where the container records none (DES v1)."""
 
     def raw_frames(self, skip: set[str]) -> Iterable[tuple[fmt.Head, bytes]]:
         """Each member's (head, whole frame bytes), checked once, in container order."""
@@ -149,8 +151,11 @@ class ContainerWriter:
         """Copy every member of an existing container (except ``skip`` and names already added).
 
         Frames are copied as raw bytes after the source has checked them once; nothing is
-        re-encoded. Returns how many members were copied.
+        re-encoded. Returns how many members were copied. A source of another layout, or of none
+        (a DES v1 container has no frames to copy), is refused with WriterError.
         """
+        if source.layout_version is None:
+            raise WriterError(f"cannot merge a container that records no layout (DES v1) into a layout {self._layout_version} one")
         if source.layout_version != self._layout_version:
             raise WriterError(f"cannot merge a layout {source.layout_version} container into a layout {self._layout_version} one")
         copied = 0

@@ -166,7 +166,7 @@ class Packer:
             return None
         if existing.version != 2:
             raise PackFailed(f"{key} is a DES v{existing.version} container; desq merges only into its own format")
-        if getattr(existing, "layout_version", LAYOUT_VERSION) != LAYOUT_VERSION:
+        if existing.layout_version != LAYOUT_VERSION:
             raise PackFailed(f"{key} was written with layout {existing.layout_version}, this desq uses {LAYOUT_VERSION}")
         return existing
 
@@ -241,7 +241,7 @@ class Packer:
                     report.bytes += original.size
                     packed.append(row)
             if existing is not None:
-                report.kept = writer.merge(existing)  # type: ignore[arg-type]
+                report.kept = writer.merge(existing)
             writer.close()
             upload.commit()
             failpoint("pack.after_upload")
