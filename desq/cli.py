@@ -339,7 +339,7 @@ def pack(settings: Settings, day: date, shard: str | None, everything: bool, enq
 @needs_settings
 def recover(settings: Settings) -> None:
     """Clear expired leases, abort abandoned uploads, remove stale staging objects."""
-    click.echo(recover_pipeline(settings).summary())
+    click.echo(recover_pipeline(Deployment(settings)).summary())
 
 
 @main.command()

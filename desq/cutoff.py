@@ -1,10 +1,9 @@
-"""uid mode's one piece of state: ARCHIVE_CUTOFF_DATE, and the controller that moves it.
+"""uid mode's cutoff: the planner of the days after it, and the controller that moves it.
 
 Every file created on or before the cutoff is in its container; reads of later files go to the
-original. The date lives in a small table of desq's own (``desq_state``, in the source database
-unless ``state.db_url`` says otherwise) and is published beside the containers as
-``_desq/cutoff.json``, so the files API needs no database. It only moves forward, over days whose
-every source row is found in its container's index.
+original. The cutoff is kept in desq's state (``desq/state.py``) and published beside the
+containers (``desq/published.py``), so the files API needs no database. It only moves forward,
+over days whose every source row is found in its container's index.
 """
 
 from __future__ import annotations
@@ -18,9 +17,41 @@ from desq.days import next_day, shifted, target_day
 from desq.layout import container_key
 from desq.pipeline.present import Presence, Unreadable
 from desq.published import AdvanceReport, publish
-from desq.source.plan import UidReadReport, uid_rows
+from desq.storage import Storage
+from desq.source.marker import future_rows
+from desq.source.plan import Plan, UidReadReport, plan_uids, uid_rows
 from desq.source.table import SourceTable
 from desq.state import StateStore
+
+
+def plan_after_cutoff(source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
+    """uid mode: the (date, shard)s of the days after the cutoff whose containers lack some of
+    their rows (a night run again plans nothing)."""
+    cutoff = state.cutoff()
+    last = target_day(today, source.settings.archive.after_days)
+    first = next_day(cutoff) if cutoff else None
+    if cutoff is not None and (first is None or first > last):
+        return Plan(rows={})
+    plan = plan_uids(source, first, last)
+    for uid, created in future_rows(source, today):
+        plan.future += 1
+        if len(plan.future_examples) < 5:
+            plan.future_examples.append(f"uid {uid}: created_at {created!s} is in the future")
+    presence = Presence(Archive(storage, cache_bytes=0), source.layout.shard_bits)
+    assert plan.rows is not None
+    kept = []
+    for work in plan.work:
+        try:
+            lacking = presence.missing(work.date, work.shard, (r.name for r in plan.rows[(work.date, work.shard)]))
+        except Unreadable:
+            lacking = ["?"]  # the packer reports what is wrong with it
+        if lacking:
+            kept.append(work)
+        else:
+            del plan.rows[(work.date, work.shard)]
+            plan.skipped += 1
+    plan.work = kept
+    return plan
 
 
 def _examples(report: AdvanceReport, items: Iterable[str]) -> None:

@@ -1,9 +1,11 @@
 """The composition root: one deployment's settings turned into desq's objects, once.
 
-Every command, task and app asks a ``Deployment`` for the layout, the mode, the archive storage,
-the originals, the source table, desq's own state and the leases, so how they are built (and
-where desq's tables live) is decided here only. The database side is built when first asked for
-(and its modules imported then), so the read side never opens, or loads, a database layer.
+The night's side of desq (the commands that touch the source database, the Celery tasks, the
+pipeline) asks a ``Deployment`` for the layout, the mode, the archive storage, the originals, the
+source table, desq's own state and the leases, so how they are built (and where desq's tables
+live) is decided here only. The database side is built when first asked for (and its modules
+imported then). The read side (``web/``, ``desq/files.py``) needs only the mode (``mode_for``)
+and a storage of its own (a larger connection pool, counted for metrics), and never loads this.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ class Deployment:
         """The archive's storage (containers, big files, published documents)."""
         return storage_for(self.settings)
 
-    def archive(self, cache_bytes: int = 0) -> Archive:
+    def archive(self) -> Archive:
         """Containers on the archive storage; the night reads each once, so it caches nothing."""
-        return Archive(self.storage, cache_bytes=cache_bytes)
+        return Archive(self.storage, cache_bytes=0)
 
     @functools.cached_property
     def source(self) -> SourceTable:

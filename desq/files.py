@@ -7,6 +7,7 @@ published cutoff. ``web/files.py`` turns the results and errors into HTTP.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -97,10 +98,11 @@ class FileService:
         except LayoutError as exc:
             raise BadRequest(str(exc)) from None
         target = Target(name=where.name, container=where.container, shard=where.shard_hex)
-        if not self.mode.archived(where, self.cutoff):
+        cutoff = functools.cache(self.cutoff)  # read at most once per request
+        if not self.mode.archived(where, cutoff):
             template = self.settings.web.original_url
             if not template:
-                raise NotArchived(f"{name} was created after the archive cutoff ({self.cutoff() or 'none yet'}); read it from the live store")
+                raise NotArchived(f"{name} was created after the archive cutoff ({cutoff() or 'none yet'}); read it from the live store")
             original = template.format(uid=quote(where.name, safe=""), date=yyyymmdd(where.date))
             return Target(name=where.name, container=where.container, shard=where.shard_hex, original=original)
         return target

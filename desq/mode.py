@@ -19,6 +19,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from desq.errors import LayoutError
+from desq.failpoints import failpoint
 from desq.layout import Layout, Location
 
 if TYPE_CHECKING:
@@ -138,7 +139,9 @@ class NameMode(Mode):
     def packed(self, source: SourceTable, ids: Iterable[object], batch_size: int) -> int:
         from desq.source.plan import mark_packed
 
-        return mark_packed(source, ids, batch_size=batch_size)
+        marked = mark_packed(source, ids, batch_size=batch_size)
+        failpoint("pack.after_mark")
+        return marked
 
 
 class UidMode(Mode):
@@ -165,9 +168,9 @@ class UidMode(Mode):
         return day is not None and where.date <= day
 
     def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
-        from desq.pipeline.night import plan_uid_night
+        from desq.cutoff import plan_after_cutoff
 
-        return plan_uid_night(source, state, storage, today)
+        return plan_after_cutoff(source, state, storage, today)
 
     def plan_day(self, source: SourceTable, day: date) -> Plan:
         from desq.source.plan import plan_uids

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from desq.errors import DesqError
-from desq.source.table import create_engine, first_line, masked
+from desq.source.table import first_line, masked
 
 CUTOFF_KEY = "archive_cutoff_date"
 
@@ -69,10 +69,6 @@ class StateStore:
             create_tables(engine, [STATE])
         except SQLAlchemyError as exc:
             raise DesqError(f"cannot create desq's state table in {masked(str(engine.url))}: {first_line(exc)}") from None
-
-    @classmethod
-    def connect(cls, url: str) -> StateStore:
-        return cls(create_engine(url))
 
     def get(self, key: str) -> str | None:
         with self.engine.connect() as conn:

@@ -112,4 +112,4 @@ def finish_night(results: list[dict[str, Any]], today: str, notes: dict[str, Any
 
 @app.task(name="desq.recover")
 def recover() -> str:
-    return night.recover(settings()).summary()
+    return night.recover(deployment()).summary()

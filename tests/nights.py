@@ -7,6 +7,7 @@ triggers a night as beat would (``desq nightly``), waits for finish_night and ch
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -113,13 +114,20 @@ class Night:
         return StateStore(self.engine)
 
     def wait_finished(self, timeout: float, runs: int = 1) -> dict:
-        """The summary once the night has finished ``runs`` times."""
-        try:
-            wait_for_night(self.store, TODAY, timeout, runs=runs, check=self._alive)
-        except TimeoutError:
-            pytest.fail("the night did not finish: " + self.logs())
+        """The summary once the night has finished ``runs`` times (a database restarting meanwhile
+        is waited out)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                wait_for_night(self.store, TODAY, deadline - time.monotonic(), runs=runs, check=self._alive)
+                break
+            except TimeoutError:
+                pytest.fail("the night did not finish: " + self.logs())
+            except (sa.exc.DBAPIError, DesqError):
+                time.sleep(0.5)
         time.sleep(3)  # would a second finish_night come?
-        return self.store.night_summary(TODAY) or {}
+        summary = self.state(f"night:{TODAY}:summary")
+        return json.loads(summary) if summary else {}
 
     def _alive(self) -> None:
         for w in self.workers:

@@ -69,6 +69,7 @@ import pytest
 import sqlalchemy as sa
 
 from desq.archive import Archive, external_key_for
+from desq.deployment import Deployment
 from desq.layout import container_key, shard_of_name
 from desq.pipeline.lease import Leases
 from desq.pipeline.night import recover
@@ -451,7 +452,7 @@ def test_recover_removes_the_staging_objects_of_dead_packers_at_once(tmp_path: P
     gone = [f"20251120/02.des.staging-{released.token:x}", f"20251120/03.des.staging-{replaced.token + 1:x}", "20251120/05.des.staging-abc"]
     for key in keep + gone:
         storage.put(key, b"bytes")
-    report = recover(settings)
+    report = recover(Deployment(settings))
     assert report.staging == len(gone)
     assert sorted(o.key for o in storage.list()) == sorted(keep)
     engine.dispose()

@@ -609,3 +609,19 @@ def test_a_busy_s3_stops_the_fetch() -> None:
     with Fetcher(s3_client=client) as fetcher, pytest.raises(OriginalsUnavailable) as caught:
         one(fetcher, row("s3://b/k"))
     assert str(caught.value) == "the originals' S3 does not answer: 's3://b/k': S3 answered 503 SlowDown: Please reduce your request rate."
+
+
+@pytest.mark.parametrize(("status", "code", "whole_fetch"), [
+    (500, "InternalError", True), (503, "ServiceUnavailable", True), (400, "Throttling", True), (429, "SlowDown", True),
+    (400, "RequestTimeout", False), (400, "InvalidRequest", False),
+])
+def test_only_a_failure_of_the_service_stops_the_fetch(status: int, code: str, whole_fetch: bool) -> None:
+    """5xx and throttling fail the whole fetch (retried later); any other answer fails one row."""
+    from desq.source.fetch import OriginalsUnavailable
+
+    with Fetcher(s3_client=_Client(_client_error(status, code, "no"))) as fetcher:
+        if whole_fetch:
+            with pytest.raises(OriginalsUnavailable):
+                one(fetcher, row("s3://b/k"))
+        else:
+            assert one(fetcher, row("s3://b/k")).error == f"'s3://b/k': S3 answered {status} {code}: no"

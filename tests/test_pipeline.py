@@ -240,7 +240,7 @@ def test_recover_clears_what_crashes_leave_and_never_a_container(site: Site) -> 
     threading.Event().wait(0.01)
     with site.engine.connect() as conn:
         expired = conn.execute(sa.text("SELECT count(*) FROM desq_lease")).scalar_one()  # released ones expire too
-    report = recover(settings)
+    report = recover(Deployment(settings))
     assert (report.staging, report.uploads, report.leases) == (1, 1, expired) and expired > 1
     assert leases.holder("pack:20251118/03.des") is None
     left = sorted(o.key for o in storage.list())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from desq.errors import DesqError
+from desq.pipeline.pack import PackReport
 from desq.source.table import create_engine
 from desq.state import StateStore, wait_for_night
 
@@ -30,7 +31,9 @@ def test_the_cutoff_only_moves_forward(state: StateStore) -> None:
 
 def test_a_night_record_counts_its_finishes(state: StateStore) -> None:
     assert (state.night_runs("2025-11-21"), state.night_summary("2025-11-21"), state.night_finished_at("2025-11-21")) == (0, None, None)
-    packs = [{"container": "20251120/07.des", "worker": "w1", "queue": "shards-00-3f", "status": "packed"}, {"status": "nothing"}]
+    failed = PackReport.failed(date(2025, 11, 20), 5, 8, "boom").as_dict()
+    assert (failed["shard"], failed["status"], failed["failures"]) == ("05", "failed", ["boom"])
+    packs = [{"container": "20251120/07.des", "worker": "w1", "queue": "shards-00-3f", "status": "packed"}, {"status": "nothing"}, failed]
     assert state.record_night("2025-11-21", {"files": 3}, packs) == 1
     assert state.record_night("2025-11-21", {"files": 3}, packs) == 2
     summary = state.night_summary("2025-11-21")

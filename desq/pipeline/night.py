@@ -12,53 +12,18 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from desq.archive import Archive
-from desq.days import next_day, target_day
 from desq.deployment import Deployment
-from desq.pipeline.present import Presence, Unreadable
 from desq.pipeline.lease import Leases
 from desq.pipeline.pack import STAGING, PackReport
 from desq.published import publish_night
 from desq.settings import Settings
-from desq.source.marker import MarkReport, future_rows
-from desq.source.plan import Plan, plan_uids
-from desq.source.table import SourceTable
-from desq.state import StateStore
-from desq.storage import Storage
+from desq.source.marker import MarkReport
+from desq.source.plan import Plan
 
 
 def plan_night(deployment: Deployment, today: date) -> Plan:
-    """What tonight packs (the mode decides; see ``plan_uid_night`` for uid mode)."""
+    """What tonight packs (the mode decides; uid mode: ``cutoff.plan_after_cutoff``)."""
     return deployment.mode.plan(deployment.source, deployment.state, deployment.storage, today)
-
-
-def plan_uid_night(source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
-    """uid mode: the (date, shard)s of the days after the cutoff whose containers lack some of
-    their rows (a night run again plans nothing)."""
-    cutoff = state.cutoff()
-    last = target_day(today, source.settings.archive.after_days)
-    first = next_day(cutoff) if cutoff else None
-    if cutoff is not None and (first is None or first > last):
-        return Plan(rows={})
-    plan = plan_uids(source, first, last)
-    for uid, created in future_rows(source, today):
-        plan.future += 1
-        if len(plan.future_examples) < 5:
-            plan.future_examples.append(f"uid {uid}: created_at {created!s} is in the future")
-    presence = Presence(Archive(storage, cache_bytes=0), source.layout.shard_bits)
-    assert plan.rows is not None
-    kept = []
-    for work in plan.work:
-        try:
-            lacking = presence.missing(work.date, work.shard, (r.name for r in plan.rows[(work.date, work.shard)]))
-        except Unreadable:
-            lacking = ["?"]  # the packer reports what is wrong with it
-        if lacking:
-            kept.append(work)
-        else:
-            del plan.rows[(work.date, work.shard)]
-            plan.skipped += 1
-    plan.work = kept
-    return plan
 
 
 def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
@@ -136,7 +101,7 @@ class RecoverReport:
         return f"cleared {self.leases} expired lease(s), aborted {self.uploads} abandoned upload(s), removed {self.staging} stale staging object(s)"
 
 
-def recover(settings: Settings, *, older_than: timedelta = timedelta(hours=6), source: SourceTable | None = None, storage: Storage | None = None) -> RecoverReport:
+def recover(deployment: Deployment, *, older_than: timedelta = timedelta(hours=6)) -> RecoverReport:
     """Clear what crashed packers left: expired leases, abandoned uploads, stale staging objects.
 
     Only ``<key>.staging-<token>`` objects are removed, never a container: a container is replaced
@@ -144,7 +109,6 @@ def recover(settings: Settings, *, older_than: timedelta = timedelta(hours=6), s
     no longer holds the lease with that token (it can never publish it), or when it is older than
     ``older_than``.
     """
-    deployment = Deployment(settings, source=source, storage=storage)
     storage = deployment.storage
     report = RecoverReport()
     leases = deployment.leases

@@ -77,7 +77,7 @@ class PackReport:
     @classmethod
     def failed(cls, day: date, shard: int, bits: int, error: str) -> PackReport:
         """The report of a pack that raised instead of reporting."""
-        return cls(date=day.isoformat(), shard=shard_hex(shard, bits), container=container_key(day, shard, bits), status="failed", failures=[error])
+        return cls(date=day.isoformat(), shard=shard_hex(shard, bits), container="", status="failed", failures=[error])
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +142,6 @@ class Packer:
                     report.status = "present"
                 done = packed + already
                 report.marked_packed = self.mode.packed(self.source, [r.id for r in done], self.settings.source.batch_size)
-                failpoint("pack.after_mark")
                 if self.settings.archive.delete_originals:
                     safe = packed + (self._matching(existing, already, report) if existing is not None and already else [])
                     lease.check()

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
+from botocore.exceptions import ClientError
+
 from desq.source.mime import guess_content_type
 from desq.source.original import FetchError, Original, OriginalChanged, OriginalsUnavailable, failed
 from desq.source.readahead import Cancelled
@@ -35,6 +37,16 @@ def _message(url: str, exc: StorageError) -> str:
     return f"{url!r}: {exc.reason}"
 
 
+def _systemic(exc: StorageError) -> bool:
+    """Whether a failed GET is the service's (unreachable, 5xx, throttled) rather than one object's:
+    the first fails the whole fetch (retried later), the second only its row."""
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or cause.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling")
+    return isinstance(exc, StorageUnavailable)
+
+
 class S3Originals:
     """Fetches, opens and deletes ``s3://`` originals; a store that does not answer is OriginalsUnavailable."""
 
@@ -52,9 +64,9 @@ class S3Originals:
         objects = self._connect()
         try:
             opened = objects.get(what, bucket, key)
-        except StorageUnavailable as exc:
-            raise OriginalsUnavailable(f"the originals' S3 does not answer: {_message(url, exc)}") from exc
         except StorageError as exc:
+            if _systemic(exc):
+                raise OriginalsUnavailable(f"the originals' S3 does not answer: {_message(url, exc)}") from exc
             return failed(row, _message(url, exc)), 0
         size = opened.size
         content_type = opened.content_type
