@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -124,3 +125,15 @@ def test_the_read_side_loads_no_database_layer(tmp_path: Path, mode: str, role: 
 def test_no_module_is_longer_than_a_sitting() -> None:
     long = {p.relative_to(ROOT).as_posix(): n for p in modules(*PACKAGES) if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_no_code_asks_which_mode_it_is_in() -> None:
+    """What differs between the modes is asked of the mode object (``desq/mode.py``); only the
+    layout validates the setting and the settings print it."""
+    asks = re.compile(r"""\bmode\s*(?:==|!=|in|not in)\s*[("']""")
+    found = [
+        f"{p.relative_to(ROOT).as_posix()}:{n}: {line.strip()}"
+        for p in modules(*PACKAGES) if p.relative_to(ROOT).as_posix() not in ("desq/layout.py", "desq/mode.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1) if asks.search(line)
+    ]
+    assert found == []
