@@ -1,7 +1,8 @@
 """gunicorn settings for the files API: ``gunicorn -c deploy/gunicorn.conf.py 'web:create_app()'``.
 
 Tunable through the usual variables: ``PORT`` (or ``BIND``), ``WEB_CONCURRENCY`` (worker processes),
-``WEB_THREADS`` (threads per worker). Reads are I/O-bound (storage range requests), so each worker
+``WEB_THREADS`` (threads per worker), ``GUNICORN_CONTROL_SOCKET`` (gunicornc's socket; default: one
+per bind address). Reads are I/O-bound (storage range requests), so each worker
 runs threads; ``GUNICORN_CMD_ARGS`` overrides anything here. Prometheus metrics are collected across
 workers in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh folder per start unless given).
 """
@@ -12,6 +13,11 @@ import shutil
 import tempfile
 
 bind = os.environ.get("BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+# gunicorn's control socket (for gunicornc) defaults to one path per user, so the web and router
+# masters of one Procfile would take it from each other: each master gets its own, named by its bind.
+_runtime = os.environ.get("XDG_RUNTIME_DIR")
+_ctl_dir = _runtime if _runtime and os.path.isdir(_runtime) else os.path.join(os.path.expanduser("~"), ".gunicorn")
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or os.path.join(_ctl_dir, "desq-" + "".join(c if c.isalnum() else "-" for c in bind) + ".ctl")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "8"))

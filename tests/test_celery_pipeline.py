@@ -155,7 +155,9 @@ def test_flower_shows_the_workers_behind_basic_auth(tmp_path: Path, redis_url: s
         port = s.getsockname()[1]
     log = open(tmp_path / "flower.log", "wb")
     worker = subprocess.Popen([str(BIN / "celery"), "-A", "tasks", "worker", "-Q", "desq", "-n", "control@%h", "--pool=solo"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    flower = subprocess.Popen([str(BIN / "celery"), "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:flower-test-pw"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # As the Procfile starts it: the credentials in Flower's environment, never on its command line.
+    flower_env = env | {"FLOWER_BASIC_AUTH": "ops:flower-test-pw"}
+    flower = subprocess.Popen([str(BIN / "celery"), "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1"], cwd=tmp_path, env=flower_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
         auth = {"Authorization": "Basic " + base64.b64encode(b"ops:flower-test-pw").decode()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_one_packer_per_default_queue() -> None:
 def test_process_types() -> None:
     entries = procfile()
     assert {"web", "beat", "control", "flower"} <= entries.keys()
-    assert "--basic-auth" in entries["flower"]
+    assert "FLOWER_BASIC_AUTH:?" in entries["flower"] and "--basic-auth" not in entries["flower"]
     assert "deploy/gunicorn.conf.py" in entries["web"]
 
 
@@ -40,3 +41,19 @@ def test_gunicorn_config_loads_the_app() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _gunicorn_setting(name: str, **env: str) -> str:
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "--print-config", "-c", "deploy/gunicorn.conf.py", "web:create_app()"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k not in ("PORT", "BIND")} | env,
+    )
+    assert result.returncode == 0, result.stderr
+    return next(line.split("=", 1)[1].strip() for line in result.stdout.splitlines() if line.split("=", 1)[0].strip() == name)
+
+
+def test_each_gunicorn_master_has_its_own_control_socket() -> None:
+    """The Procfile's web and router masters must not take gunicornc's socket from each other."""
+    web, router = _gunicorn_setting("control_socket", PORT="8080"), _gunicorn_setting("control_socket", PORT="8081")
+    assert web != router and web.endswith(".ctl") and "8080" in web and "8081" in router
+    assert _gunicorn_setting("control_socket", PORT="8080", GUNICORN_CONTROL_SOCKET="/run/desq/web.ctl") == "/run/desq/web.ctl"

@@ -244,10 +244,11 @@ def test_health_readiness_metrics_and_routing_need_no_token(router_with: Any, tm
 
 
 def fake_celery(folder: Path) -> Path:
-    """A ``celery`` that only notes its arguments: whether the Procfile line would start Flower."""
+    """A ``celery`` that only notes its arguments, then Flower's credentials from its environment:
+    whether the Procfile line would start Flower, and how."""
     folder.mkdir()
     script = folder / "celery"
-    script.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/started"\n')
+    script.write_text('#!/bin/sh\nprintf "%s\\n" "$@" "env:$FLOWER_BASIC_AUTH" > "$(dirname "$0")/started"\n')
     script.chmod(0o755)
     return folder / "started"
 
@@ -264,12 +265,13 @@ def test_the_flower_line_refuses_to_start_without_basic_auth(tmp_path: Path, val
     assert not started.exists()  # celery (so Flower) was never run
 
 
-def test_the_flower_line_passes_the_credentials_to_flower(tmp_path: Path) -> None:
+def test_the_flower_line_passes_the_credentials_to_flower_out_of_sight(tmp_path: Path) -> None:
+    """Through the environment (Flower reads FLOWER_* options there), not argv, which ``ps`` shows everyone."""
     started = fake_celery(tmp_path / "bin")
     env = os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FLOWER_BASIC_AUTH": "ops:not-a-real-pw-1"}
     result = subprocess.run(["sh", "-c", procfile()["flower"]], env=env, cwd=ROOT, capture_output=True, text=True, timeout=10)
     assert result.returncode == 0, result.stderr
-    assert started.read_text().splitlines() == ["-A", "tasks", "flower", "--port=5555", "--basic-auth=ops:not-a-real-pw-1"]
+    assert started.read_text().splitlines() == ["-A", "tasks", "flower", "--port=5555", "env:ops:not-a-real-pw-1"]
 
 
 # --- 3. passwords never logged --------------------------------------------------------------------

@@ -46,15 +46,28 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+DRIVERS = {"postgresql": "postgresql+psycopg2", "postgres": "postgresql+psycopg2", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+"""The driver desq installs for a URL that names none: SQLAlchemy's own defaults (psycopg 3,
+mysqlclient) are not installed, and ``postgres://`` is a common spelling SQLAlchemy refuses."""
+
+
+def with_driver(url: str) -> sa.URL:
+    """``url`` parsed, with desq's driver where it names only the database (``postgresql://``)."""
+    parsed = make_url(url)
+    driver = DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
+
 def create_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite waits for locks instead of failing at once. PostgreSQL and
     MySQL/MariaDB sessions run in UTC: a MariaDB ``TIMESTAMP`` then reads as the instant it stores,
     and a ``timestamptz`` of the year 1 is not shown as a BC date in a zone west of UTC."""
     options: dict[str, Any] = {"pool_pre_ping": True}
-    backend = make_url(url).get_backend_name()
+    parsed = with_driver(url)
+    backend = parsed.get_backend_name()
     if backend == "sqlite":
         options["connect_args"] = {"timeout": 60}
-    engine = sa.create_engine(url, **options)
+    engine = sa.create_engine(parsed, **options)
     if backend in _UTC_SESSION:
         sa.event.listen(engine, "connect", functools.partial(_utc_session, _UTC_SESSION[backend]))
     return engine
