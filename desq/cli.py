@@ -281,7 +281,8 @@ def nightly(settings: Settings, today: date | None, sync: bool) -> None:
         click.echo(report.marked)
     click.echo(f"planned {len(report.plan)} (date, shard) task(s) with {sum(f for *_, f in report.plan)} file(s)")
     summary = report.summary
-    click.echo(f"packed {summary['files']} file(s), kept {summary['kept']}, {summary['bytes']} bytes, {summary['by_status']} in {report.seconds} s")
+    found = f", found {summary['present']} already in their containers" if summary.get("present") else ""
+    click.echo(f"packed {summary['files']} file(s){found}, kept {summary['kept']}, {summary['bytes']} bytes, {summary['by_status']} in {report.seconds} s")
     click.echo(f"rewrote {summary['rewritten']} container(s); left {summary['complete_containers']} complete container(s) as they were")
     left = [(summary.get("unplaced", 0), "with no day (created_at NULL or not a time)"), (summary.get("future", 0), "created in the future"), (summary.get("unplanned", 0), "that cannot be packed (uid or path)")]
     if any(n for n, _ in left):

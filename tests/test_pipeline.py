@@ -84,6 +84,26 @@ def site(tmp_path: Path) -> Site:
     return s
 
 
+def test_the_night_after_a_failed_marking_counts_the_files_found_in_their_containers(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack that published but could not mark its rows (the database went away) leaves them
+    READY; the next run finds their files in the container: counted as present, not packed again."""
+    real = plan_module.mark_packed
+    calls: list[int] = []
+
+    def once_down(*args: object, **kwargs: object) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module, "mark_packed", once_down)
+    first = run_sync(site.settings, TODAY).summary
+    assert first["by_status"]["failed"] == 1 and first["files"] < 180 and first["present"] == 0
+    second = run_sync(site.settings, TODAY).summary
+    assert second["by_status"] == {"present": 1} and second["files"] == 0
+    assert first["files"] + second["present"] == 180 and set(site.states().values()) == {"PACKED"}
+
+
 def test_a_night_packs_every_file_into_its_container(site: Site) -> None:
     (site.originals / "5.bin").unlink()  # a missing original: reported, its row stays READY
     site.add(range(900, 902), DAYS[0], size=100 * 1024)  # big files: stored beside their container

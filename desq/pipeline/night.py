@@ -44,6 +44,7 @@ def finish(deployment: Deployment, today: date, packs: list[dict[str, Any]], not
         "tasks": len(packs),
         "rewritten": sum(1 for p in packs if p.get("rewrote")),
         "files": sum(p.get("files", 0) for p in packs),
+        "present": sum(p.get("present", 0) for p in packs),
         "kept": sum(p.get("kept", 0) for p in packs),
         "bytes": sum(p.get("bytes", 0) for p in packs),
         "failed_rows": sum(p.get("failed_rows", 0) for p in packs),
