@@ -18,7 +18,9 @@ bind = os.environ.get("BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 _runtime = os.environ.get("XDG_RUNTIME_DIR")
 _ctl_dir = _runtime if _runtime and os.path.isdir(_runtime) else os.path.join(os.path.expanduser("~"), ".gunicorn")
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or os.path.join(_ctl_dir, "desq-" + "".join(c if c.isalnum() else "-" for c in bind) + ".ctl")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+# The box also runs beat and the packers (one process a queue range): half the cores in workers,
+# each with threads (reads wait on storage, not the CPU), not gunicorn's usual 2 × cores + 1.
+workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count() // 2)))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "8"))
 timeout = 120  # a big member streams for a while; the worker must not be killed mid-stream

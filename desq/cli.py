@@ -37,6 +37,7 @@ from desq.container.fsck import salvage
 from desq.errors import DesqError
 from desq.layout import LayoutError, parse_shard_hex
 from desq.mode import mode_for
+from desq.procfile import procfile
 from desq.progress import progress
 from desq.settings import Settings, dump_toml, load_settings, markdown_table
 from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, storage_for
@@ -115,6 +116,14 @@ def queues(settings: Settings) -> None:
     """Print the packer queue names, one a line."""
     for name in settings.layout.queue_names():
         click.echo(name)
+
+
+@main.command("procfile")
+@common_options
+@needs_settings
+def procfile_(settings: Settings) -> None:
+    """Print a Procfile for the configured shard_bits and queue_count."""
+    click.echo(procfile(settings.layout), nl=False)
 
 
 @main.command()

@@ -15,7 +15,7 @@ BIN = Path(sys.executable).parent
 
 
 def procfile() -> dict[str, str]:
-    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip() and not line.startswith("#")]
     entries = dict(line.split(": ", 1) for line in lines)
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", name) for name in entries)
     return entries
