@@ -281,7 +281,7 @@ def _parse_amz_date(value: str) -> datetime | None:
     if not _AMZ_DATE.fullmatch(value):
         return None
     try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        return datetime(int(value[:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=timezone.utc)
     except ValueError:
         return None
 
