@@ -303,3 +303,12 @@ class SourceConformance:
         finally:
             with business.engine.begin() as conn:
                 conn.execute(sa.text(f"DROP TABLE {business.name}_b"))
+
+    # --- the files API's {path} lookup -------------------------------------------------------
+
+    def test_path_of_one_row_by_id_and_day(self, business: Business) -> None:
+        business.insert([{"doc_id": 5, "created": datetime(2025, 11, 21, 23, 30), "file_path": "live/5.pdf"}, {"doc_id": 6, "created": datetime(2025, 11, 21, 1, 0), "file_path": None}])
+        table = SourceTable.connect(business.settings(DESQ_MODE="uid"))
+        assert table.path_of("5", date(2025, 11, 21)) == "live/5.pdf"
+        assert table.path_of("5", date(2025, 11, 22)) is None and table.path_of("6", date(2025, 11, 21)) is None
+        assert table.path_of("x5", date(2025, 11, 21)) is None and table.path_of("٥", date(2025, 11, 21)) is None

@@ -206,6 +206,26 @@ class SourceTable:
             ids = list(conn.execute(sa.select(self.columns.id).where(null, *where).order_by(self.columns.id).limit(examples)).scalars())
         return self.count(null, *where), ids
 
+    def path_of(self, uid: str, day: date) -> str | None:
+        """The path column of the row with id ``uid`` created on ``day`` (one lookup by id); None if
+        there is none (or ``uid`` cannot be an id of an integer column)."""
+        c = self.columns
+        key: object = uid
+        if isinstance(c.id.type, sa.Integer):
+            if not uid.isascii() or not uid.isdigit():
+                return None
+            key = int(uid)
+        query = sa.select(c.path, self.created_read).where(c.id == key, self.day_range(day, day)).limit(2)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        for path, created in rows:
+            try:
+                if path is not None and self.day_of(created) == day:
+                    return str(path)
+            except DayError:
+                continue
+        return None
+
     def describe(self) -> list[tuple[str, str, str]]:
         """``(setting, column, SQL type)`` of every mapped column."""
         out = []
