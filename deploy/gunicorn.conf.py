@@ -35,6 +35,8 @@ accesslog = "-"
 errorlog = "-"
 # No query strings and no headers in the access log: created_at stays out, tokens never get in.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+# Successful /healthz and /readyz probes are logged only at --log-level debug.
+logger_class = "web.access_log.AccessLog"
 
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 _own_metrics_dir = _metrics_dir is None

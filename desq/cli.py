@@ -31,7 +31,7 @@ from desq.pipeline.night import run_sync
 from desq.days import next_day, target_day
 from desq.deployment import Deployment
 from desq.source.audit import audit_days, count_on_days
-from desq.source.table import index_hints, masked
+from desq.source.table import MissingStateColumns, index_hints, masked
 from desq.container import ContainerError, Problem, Reader
 from desq.container.fsck import salvage
 from desq.errors import DesqError
@@ -206,8 +206,12 @@ def source() -> None:
 def source_check(settings: Settings) -> None:
     """Print the column mapping found in the source table and a count of rows per state."""
     deployment = Deployment(settings)
-    table = deployment.source
     click.echo(f"source: {settings.source.table} in {masked(settings.source.db_url)} ({settings.mode} mode)")
+    try:
+        table = deployment.source
+    except MissingStateColumns as exc:
+        click.echo("name mode's columns are missing; run these statements (desq never alters the table):\n" + "\n".join(f"  {s}" for s in exc.statements))
+        raise
     for key, column, kind in table.describe():
         click.echo(f"  {key:<28} -> {column} ({kind})")
     c = table.columns

@@ -11,7 +11,8 @@ import functools
 import time
 from dataclasses import dataclass
 from datetime import date
-from urllib.parse import quote
+from collections.abc import Callable
+from urllib.parse import quote, unquote, urlsplit
 
 from desq.archive import Archive
 from desq.errors import DesqError
@@ -68,12 +69,48 @@ class Cutoff:
         return self._value
 
 
+class OriginalsUnavailable(FilesError):
+    """The source table, asked for a row's path, did not answer."""
+
+    status, code = 503, "unavailable"
+
+
+PathOf = Callable[[str, date], "str | None"]
+"""The path column of the row with this uid created on this day (None: no such row)."""
+
+
+def original_path(path: str) -> str:
+    """A row's path as ``{path}`` puts it under the original location: relative, no ``.`` or ``..``
+    segment, no backslash or NUL; NotFoundError naming the problem otherwise."""
+    relative = path.lstrip("/")
+    if not relative.strip() or "\\" in relative or "\x00" in relative or "://" in path:
+        raise NotFoundError(f"the file's path {path!r} cannot name an original under web.original_url")
+    if any(part in (".", "..") for part in relative.split("/")):
+        raise NotFoundError(f"the file's path {path!r} leaves the original location of web.original_url")
+    return relative
+
+
+def fill_original(template: str, uid: str, day: date, path: str | None = None) -> str:
+    """``web.original_url`` filled in: the uid quoted whole, the day as YYYYMMDD, the row's path
+    (``original_path``) quoted with its slashes kept."""
+    filled_path = quote(original_path(path), safe="/") if path is not None else ""
+    return template.format(uid=quote(uid, safe=""), date=yyyymmdd(day), path=filled_path)
+
+
+def original_root(template: str) -> str:
+    """A file:// template's fixed folder (before its first placeholder): no original is read outside it."""
+    fixed = template[: template.index("{")]
+    return unquote(urlsplit(fixed[: fixed.rindex("/") + 1]).path)
+
+
 class FileService:
     """Resolve requests to members for one deployment."""
 
-    def __init__(self, settings: Settings, archive: Archive, cutoff: Cutoff | None = None, *, documents: Storage | None = None) -> None:
+    def __init__(self, settings: Settings, archive: Archive, cutoff: Cutoff | None = None, *, documents: Storage | None = None, path_of: PathOf | None = None) -> None:
         """``documents``: where to read the published state for metrics (default: the archive's
-        storage; the app passes one that does not count towards the request metrics)."""
+        storage; the app passes one that does not count towards the request metrics). ``path_of``:
+        the row lookup a ``{path}`` in ``web.original_url`` needs."""
+        self.path_of = path_of
         self.settings = settings
         self.layout = settings.layout
         self.mode = mode_for(self.layout)
@@ -103,6 +140,15 @@ class FileService:
             template = self.settings.web.original_url
             if not template:
                 raise NotArchived(f"{name} was created after the archive cutoff ({cutoff() or 'none yet'}); read it from the live store")
-            original = template.format(uid=quote(where.name, safe=""), date=yyyymmdd(where.date))
+            path = self._path_of(where.name, where.date) if "{path}" in template else None
+            original = fill_original(template, where.name, where.date, path)
             return Target(name=where.name, container=where.container, shard=where.shard_hex, original=original)
         return target
+
+    def _path_of(self, uid: str, day: date) -> str:
+        if self.path_of is None:
+            raise FilesError("web.original_url has {path} but the files API was given no source table")
+        path = self.path_of(uid, day)
+        if path is None:
+            raise NotFoundError(f"no file {uid} created on {day} in the source table")
+        return path

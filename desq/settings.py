@@ -139,20 +139,38 @@ def _check_tokens(value: tuple[str, ...]) -> None:
             raise ValueError("every token must be at least 16 printable ASCII characters, no spaces")
 
 
+ORIGINAL_FIELDS = ("uid", "date", "path")
+"""The placeholders of ``web.original_url``: the uid (quoted whole), the day (YYYYMMDD), and the
+row's path column (quoted, its slashes kept; looked up in the source table)."""
+
+
 def _check_original_url(value: str) -> None:
     if not value:
         return
-    scheme = urlsplit(value).scheme
-    if scheme not in ("s3", "http", "https", "file"):
+    parts = urlsplit(value)
+    if parts.scheme not in ("s3", "http", "https", "file"):
         raise ValueError("must be an s3://, http(s):// or file:/// URL template")
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value) if name is not None]
     except ValueError as exc:
         raise ValueError(f"is not a valid template: {exc}") from None
-    if "uid" not in fields:
-        raise ValueError("must contain the placeholder {uid}")
-    if fields - {"uid", "date"}:
-        raise ValueError(f"knows only the placeholders {{uid}} and {{date}}, not {sorted(fields - {'uid', 'date'})}")
+    fields = [name for name, _, _ in parsed]
+    unknown = sorted(set(fields) - set(ORIGINAL_FIELDS))
+    if unknown:
+        raise ValueError(f"knows only the placeholders {{uid}}, {{date}} and {{path}}, not {unknown}")
+    if not {"uid", "path"} & set(fields):
+        raise ValueError("must contain the placeholder {uid} or {path}")
+    if any(spec or conversion for _, spec, conversion in parsed):
+        raise ValueError("placeholders take no format spec or conversion (write {uid}, {date}, {path})")
+    if "path" in fields:
+        if fields.count("path") > 1:
+            raise ValueError("may hold {path} only once")
+        before = value[: value.index("{path}")]
+        where = urlsplit(before)
+        if "{" in parts.netloc or not where.path.startswith("/"):
+            raise ValueError("must name its bucket, host or folder before {path} (e.g. s3://live/{path}, file:///srv/live/{path})")
+        if parts.scheme == "file" and where.path.rstrip("/") == "":
+            raise ValueError("must name a folder before {path}, not / (every file of the machine)")
 
 
 # --- the schema ------------------------------------------------------------------------------

@@ -15,12 +15,14 @@ app.loader.override_backends = {"redis": REDIS_RESULT_BACKEND, "rediss": REDIS_R
 
 
 @app.on_after_configure.connect
-def make_embedded_folders(sender: Celery, source: Any, **_: Any) -> None:
-    """The embedded broker and its file result backend need their folders before first use.
+def make_data_folders(sender: Celery, source: Any, **_: Any) -> None:
+    """Beat's schedule file, the embedded broker and its file result backend need their folders
+    (under ``data_dir``) before first use.
 
     Done once the configuration is read (before any message is sent or received), not on import,
     so that importing ``tasks.celeryconf`` reads no settings and writes nothing.
     """
+    Path(source.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)
     if source.broker_url != "filesystem://":
         return
     options = source.broker_transport_options

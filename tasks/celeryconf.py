@@ -136,6 +136,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Events for Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        # Beat's schedule state goes with desq's other local state, not into its working directory.
+        "beat_schedule_filename": str(data_path(settings, "celerybeat-schedule").resolve()),
         "beat_schedule": {
             "nightly": {"task": "desq.nightly", "schedule": crontab(minute=0, hour=0)},
             "recover": {"task": "desq.recover", "schedule": crontab(minute=30)},

@@ -26,7 +26,8 @@ from desq.layout import container_key, shard_of_name
 from desq.settings import Settings, load_settings
 from desq.source.marker import mark
 from desq.source.plan import mark_packed, name_rows_for, plan_names, plan_uids, uid_rows_for
-from desq.source.table import PACKED, READY, SourceError, SourceTable, create_engine
+from desq.pipeline.night import run_sync
+from desq.source.table import PACKED, READY, MissingStateColumns, SourceError, SourceTable, create_engine, index_hints
 from desq.storage.local import LocalStorage
 
 TODAY = date(2025, 11, 28)  # with after_days 7: rows created before 2025-11-21 are old enough
@@ -246,3 +247,68 @@ class SourceConformance:
         assert read_published(storage) == date(2025, 11, 20)
         with pytest.raises(Exception, match="only moves forward"):
             state.set_cutoff(date(2025, 11, 1))
+
+    # --- name mode's columns, added by the operator ------------------------------------------
+
+    @pytest.mark.parametrize("awkward", [False, True])
+    def test_printed_statements_add_name_modes_columns(self, db_url: str, tmp_path: Path, awkward: bool) -> None:
+        """A table without des_name, des_hash_bits, des_status: the statements desq prints, run as
+        printed, make it usable, with its index; then a name-mode night packs it."""
+        tag = uuid.uuid4().hex[:8]
+        names = (f"Docs {tag}", "Doc ID", "Created At", "File Path", "Arch Name", "ArchShard", "arch state") if awkward else (f"files_{tag}", "id", "created_at", "path", "des_name", "des_hash_bits", "des_status")
+        table_name, id_col, created_col, path_col, *state_cols = names
+        engine = create_engine(db_url)
+        table = sa.Table(table_name, sa.MetaData(), sa.Column(id_col, sa.Integer, primary_key=True, autoincrement=False), sa.Column(created_col, sa.DateTime), sa.Column(path_col, sa.String(200)))
+        table.create(engine)
+        (tmp_path / "originals").mkdir()
+        for i in range(1, 6):
+            (tmp_path / "originals" / f"{i}.txt").write_bytes(f"file {i}".encode())
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{id_col: i, created_col: OLD, path_col: f"{i}.txt"} for i in range(1, 6)])
+        env = {
+            "DESQ_SOURCE_DB_URL": db_url, "DESQ_SOURCE_TABLE": table_name, "DESQ_SOURCE_ROOT": str(tmp_path / "originals"),
+            "DESQ_SOURCE_COLUMNS_ID": id_col, "DESQ_SOURCE_COLUMNS_CREATED_AT": created_col, "DESQ_SOURCE_COLUMNS_PATH": path_col,
+            "DESQ_SOURCE_COLUMNS_DES_NAME": state_cols[0], "DESQ_SOURCE_COLUMNS_DES_SHARD": state_cols[1], "DESQ_SOURCE_COLUMNS_DES_STATUS": state_cols[2],
+            "DESQ_ARCHIVE_URL": str(tmp_path / "archive"), "DESQ_DATA_DIR": str(tmp_path / "data"), "DESQ_STATE_DB_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        }
+        settings = load_settings(env=env)
+        try:
+            with pytest.raises(MissingStateColumns, match="has no column") as info:
+                SourceTable.connect(settings)
+            assert len(info.value.statements) == 4 and all(s.startswith("ALTER TABLE") for s in info.value.statements[:3])
+            assert info.value.statements[3].startswith("CREATE INDEX")
+            with engine.begin() as conn:
+                for statement in info.value.statements:
+                    conn.execute(sa.text(statement))
+            source = SourceTable.connect(settings)
+            assert index_hints(source) == []
+            assert isinstance(source.columns.des_shard.type, sa.Integer)
+            report = run_sync(settings, TODAY)
+            assert report.summary["files"] == 5 and report.summary["failed_rows"] == 0, report.summary
+            with engine.connect() as conn:
+                states = conn.execute(sa.select(source.columns.des_name, source.columns.des_status)).all()
+            assert sorted(states) == sorted((f"20251120_{i}", PACKED) for i in range(1, 6))
+        finally:
+            sa.Table(table_name, sa.MetaData(), autoload_with=engine).drop(engine)
+            engine.dispose()
+
+    def test_short_or_wrong_state_columns_are_hinted(self, business: Business) -> None:
+        with business.engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE TABLE {business.name}_b (doc_id INTEGER PRIMARY KEY, created TIMESTAMP, file_path VARCHAR(50), arch_name VARCHAR(12), arch_shard VARCHAR(4), arch_state VARCHAR(16))"))
+        try:
+            hints = index_hints(SourceTable.connect(business.settings(DESQ_SOURCE_TABLE=f"{business.name}_b")))
+            assert "'arch_name' (source.columns.des_name) holds 12 characters; a name may need 29" in hints[0]
+            assert "'arch_shard' (source.columns.des_shard) is VARCHAR(4), not an integer type" in hints[1]
+            assert "CREATE INDEX" in hints[2] and "(arch_state, arch_shard, doc_id)" in hints[2]
+        finally:
+            with business.engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE {business.name}_b"))
+
+    # --- the files API's {path} lookup -------------------------------------------------------
+
+    def test_path_of_one_row_by_id_and_day(self, business: Business) -> None:
+        business.insert([{"doc_id": 5, "created": datetime(2025, 11, 21, 23, 30), "file_path": "live/5.pdf"}, {"doc_id": 6, "created": datetime(2025, 11, 21, 1, 0), "file_path": None}])
+        table = SourceTable.connect(business.settings(DESQ_MODE="uid"))
+        assert table.path_of("5", date(2025, 11, 21)) == "live/5.pdf"
+        assert table.path_of("5", date(2025, 11, 22)) is None and table.path_of("6", date(2025, 11, 21)) is None
+        assert table.path_of("x5", date(2025, 11, 21)) is None and table.path_of("٥", date(2025, 11, 21)) is None

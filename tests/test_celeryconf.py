@@ -135,3 +135,27 @@ def test_every_task_is_registered_by_importing_tasks(in_tmp: Path) -> None:
     result = subprocess.run([sys.executable, "-c", REGISTERED], cwd=in_tmp, env=_env({}), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["desq.finish_night", "desq.nightly", "desq.pack_shard", "desq.recover", "desq.watch_nights"]
+
+
+def test_beats_schedule_file_is_under_data_dir(in_tmp: Path) -> None:
+    conf = celery_config(load_settings(env={"DESQ_DATA_DIR": "state"}))
+    assert conf["beat_schedule_filename"] == str(in_tmp.resolve() / "state" / "celerybeat-schedule")
+
+
+@pytest.mark.integration
+def test_beat_writes_its_schedule_under_data_dir_not_where_it_starts(in_tmp: Path) -> None:
+    data = in_tmp / "data" / "desq"  # not there yet: beat's start makes it
+    started_in = in_tmp / "elsewhere"
+    started_in.mkdir()
+    log = open(in_tmp / "beat.log", "w")
+    beat = subprocess.Popen([str(BIN / "celery"), "-A", "tasks", "beat", "-l", "INFO"], cwd=started_in, env=_env({"DESQ_DATA_DIR": str(data)}), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(data.glob("celerybeat-schedule*")):
+            assert beat.poll() is None and time.monotonic() < deadline, (in_tmp / "beat.log").read_text()
+            time.sleep(0.2)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+        log.close()
+    assert list(started_in.iterdir()) == []

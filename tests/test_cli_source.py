@@ -35,6 +35,26 @@ def test_source_check(business: sa.Engine, capsys: pytest.CaptureFixture[str]) -
     assert "des_status NULL: 4" in out and "hint: no index on (des_status, des_hash_bits)" in out
 
 
+def test_source_check_prints_the_statements_for_missing_columns(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_tmp / "desq-data").mkdir()
+    engine = sa.create_engine(f"sqlite:///{in_tmp / 'desq-data' / 'source.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE files (id INTEGER PRIMARY KEY, created_at DATETIME, path TEXT, des_status TEXT)"))
+    code, out, err = desq(capsys, "source", "check")
+    assert code == 1 and "'des_name' (source.columns.des_name), 'des_hash_bits' (source.columns.des_shard)" in err
+    statements = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert statements == [
+        "ALTER TABLE files ADD COLUMN des_name VARCHAR(29);",
+        "ALTER TABLE files ADD COLUMN des_hash_bits INTEGER;",
+        "CREATE INDEX ix_files_desq ON files (des_status, des_hash_bits, id);",
+    ]
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    code, out, _ = desq(capsys, "source", "check")
+    assert code == 0 and "hint" not in out
+
+
 def test_mark_then_check(business: sa.Engine, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = desq(capsys, "mark", "--today", "2025-11-28")
     assert code == 0 and out.startswith("marked 2 rows") and "1 not marked: NULL created_at" in out

@@ -275,3 +275,59 @@ def test_one_s3_client_per_app_presigns_every_original(tmp_path: Path, monkeypat
     assert built == ["http://127.0.0.1:1"]
     assert sorted(location.split("?")[0] for location in locations) == [f"http://127.0.0.1:1/live-bucket/docs/{uid}" for uid in [*range(990, 998), 999]]
     assert all("Signature" in location for location in locations)
+
+
+# --- {path}: the row's path column addresses the live file ------------------------------------------
+
+
+def _path_site(tmp_path: Path, template: str) -> FlaskClient:
+    import sqlalchemy as sa
+
+    db = tmp_path / "source.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE files (id INTEGER PRIMARY KEY, created_at DATETIME, path TEXT)"))
+        conn.execute(sa.text("INSERT INTO files VALUES (:id, :created, :path)"), [
+            {"id": 7, "created": "2025-11-21 10:00:00", "path": "scans/2025/a b#7.pdf"},
+            {"id": 8, "created": "2025-11-21 11:00:00", "path": "/scans/../../secret"},
+            {"id": 9, "created": "2025-11-21 12:00:00", "path": "link/secret"},
+            {"id": 10, "created": "2025-11-21 12:00:00", "path": ""},
+        ])
+    engine.dispose()
+    env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a"), "DESQ_SOURCE_DB_URL": f"sqlite:///{db}", "DESQ_WEB_ORIGINAL_URL": template}
+    publish(LocalStorage(tmp_path / "a"), __import__("datetime").date(2025, 11, 20))
+    return create_app(load_settings(env=env)).test_client()
+
+
+def test_path_in_original_url_reads_the_rows_path(tmp_path: Path) -> None:
+    client = _path_site(tmp_path, "https://live.example/store/{path}?uid={uid}")
+    r = client.get("/files/7?created_at=2025-11-21")
+    assert r.status_code == 307 and r.headers["Location"] == "https://live.example/store/scans/2025/a%20b%237.pdf?uid=7"
+    assert client.get("/files/7?created_at=2025-11-22").json["error"] == "not_found"  # not the row's day
+    assert client.get("/files/70?created_at=2025-11-21").json["error"] == "not_found"
+    r = client.get("/files/8?created_at=2025-11-21")
+    assert r.status_code == 404 and "leaves the original location" in r.json["message"]
+    assert "cannot name an original" in client.get("/files/10?created_at=2025-11-21").json["message"]
+
+
+def test_path_in_a_file_original_url_never_reads_outside_its_folder(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    (live / "scans" / "2025").mkdir(parents=True)
+    (live / "scans" / "2025" / "a b#7.pdf").write_bytes(b"live scan")
+    (tmp_path / "secret").write_bytes(b"OUTSIDE-SECRET")
+    (live / "link").symlink_to(tmp_path)
+    client = _path_site(tmp_path, f"file://{live}/{{path}}")
+    assert client.get("/files/7?created_at=2025-11-21").data == b"live scan"
+    for uid in (8, 9):
+        r = client.get(f"/files/{uid}?created_at=2025-11-21")
+        assert r.status_code == 404 and b"OUTSIDE" not in r.data
+
+
+def test_path_lookup_with_the_source_database_down_is_503(tmp_path: Path) -> None:
+    env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a"), "DESQ_WEB_ORIGINAL_URL": "s3://live/{path}",
+           "DESQ_SOURCE_DB_URL": "postgresql+psycopg2://desq:pw@127.0.0.1:1/nothing"}
+    publish(LocalStorage(tmp_path / "a"), __import__("datetime").date(2025, 11, 20))
+    client = create_app(load_settings(env=env)).test_client()
+    r = client.get("/files/7?created_at=2025-11-21")
+    assert r.status_code == 503 and r.json["error"] == "unavailable" and "pw" not in r.json["message"]
+    assert client.get("/healthz").status_code == 200

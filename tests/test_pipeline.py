@@ -258,14 +258,42 @@ def test_recover_clears_what_crashes_leave_and_never_a_container(site: Site) -> 
     leases = Deployment(settings).packer().leases
     assert leases.acquire("pack:20251118/03.des", "dead-worker", 0.001) is not None
     threading.Event().wait(0.01)
-    with site.engine.connect() as conn:
-        expired = conn.execute(sa.text("SELECT count(*) FROM desq_lease")).scalar_one()  # released ones expire too
     report = recover(Deployment(settings))
-    assert (report.staging, report.uploads, report.leases) == (1, 1, expired) and expired > 1
+    assert (report.staging, report.uploads, report.leases) == (1, 1, 1)  # the night removed its released ones
     assert leases.holder("pack:20251118/03.des") is None
     left = sorted(o.key for o in storage.list())
     assert "20251118/01.des.staging-new" in left and "20251118/00.des.staging-abc" not in left
     assert [k for k in left if k.endswith(".des")] == containers
+
+
+def _lease_rows(site: Site) -> dict[str, datetime]:
+    with site.engine.connect() as conn:
+        return {k: v for k, v in conn.execute(sa.text("SELECT key, expires_at FROM desq_lease")).all()}
+
+
+def test_the_night_removes_leases_expired_longer_than_a_lease_period(site: Site) -> None:
+    """A night's finish deletes the leases its packers released, and those of killed packers once
+    they have been expired a lease period (5 s here); never a live one."""
+    settings = site.settings
+    leases = Deployment(settings).leases
+    live = leases.acquire("pack:live", "a-packer-at-work", 3600)
+    assert live is not None
+    just_expired = leases.acquire("pack:just-expired", "killed-packer", 0.001)
+    long_expired = leases.acquire("pack:long-expired", "killed-long-ago", 0.001)
+    assert just_expired is not None and long_expired is not None
+    with site.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE desq_lease SET expires_at = :t WHERE key = 'pack:long-expired'"), {"t": datetime(2025, 1, 1)})
+    report = run_sync(settings, TODAY)
+    assert report.summary["tasks"] == len(report.plan) > 0
+    assert report.summary["expired_leases_removed"] == len(report.plan) + 1  # its own (released) and the old one
+    assert set(_lease_rows(site)) == {"pack:live", "pack:just-expired"}
+    threading.Event().wait(5.1)
+    assert run_sync(settings, TODAY).summary["expired_leases_removed"] == 1
+    assert set(_lease_rows(site)) == {"pack:live"}
+    live.check()
+    just_expired.ttl = 5
+    with pytest.raises(LeaseLost):
+        just_expired.check()  # its row is gone: the killed packer can never publish
 
 
 @pytest.mark.integration

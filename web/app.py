@@ -52,7 +52,12 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     counted = CountingStorage(plain, on_request=metrics.storage_request)
     shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
     archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
-    app.extensions["desq.files"] = FileService(settings, archive, documents=plain)
+    path_of = None
+    if "{path}" in settings.web.original_url:
+        from desq.source.paths import SourcePaths
+
+        path_of = SourcePaths(settings)
+    app.extensions["desq.files"] = FileService(settings, archive, documents=plain, path_of=path_of)
     app.extensions["desq.presigner"] = Presigner(settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url)
     if settings.web.registry_url and settings.web.advertise_url:
         from web.registry import announce

@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, redirect, request, 
 from werkzeug.datastructures import ContentRange, Range
 
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
-from desq.files import FileService, FilesError, NotFoundError
+from desq.files import FileService, FilesError, NotFoundError, original_root
 from desq.storage import NotFound, StorageError, StorageUnavailable
 from desq.storage.s3 import s3_client
 from web import metrics
@@ -127,7 +127,8 @@ def _if_range_holds(etag: str) -> bool:
 
 def _original(url: str) -> Response:
     """uid mode, a file newer than the cutoff: a 307 to where it lives (S3: a presigned URL), or
-    for a file:// original, the file itself (Range and ETag by werkzeug)."""
+    for a file:// original, the file itself (Range and ETag by werkzeug), never one outside the
+    template's folder (a symbolic link out of it included)."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         url = current_app.extensions["desq.presigner"].url(parts.netloc, unquote(parts.path.lstrip("/")))
@@ -135,6 +136,9 @@ def _original(url: str) -> Response:
         path = unquote(parts.path)
         if any(part in (".", "..") for part in path.split("/")):
             return error_response(400, "bad_request", "a uid of '.' or '..' cannot name an original file")
+        root = os.path.realpath(original_root(service().settings.web.original_url))
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            return error_response(404, "not_found", "the original is outside the folder of web.original_url")
         if not os.path.isfile(path):
             return error_response(404, "not_found", "the original is not there")
         return send_file(path, conditional=True, etag=True)

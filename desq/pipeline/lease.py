@@ -143,7 +143,10 @@ class Leases:
             return None
         return int(row.token)
 
-    def clear_expired(self) -> int:
-        """Forget expired leases; returns how many."""
+    def clear_expired(self, older_than: timedelta = timedelta(0)) -> int:
+        """Forget leases expired more than ``older_than`` ago (one DELETE); returns how many.
+
+        Safe while packers run: an expired lease is free to take whether its row is there or not,
+        and its old holder's renewal fails either way, so it cannot publish."""
         with self.engine.begin() as conn:
-            return conn.execute(sa.delete(LEASE).where(LEASE.c.expires_at < _now())).rowcount
+            return conn.execute(sa.delete(LEASE).where(LEASE.c.expires_at < _now() - older_than)).rowcount

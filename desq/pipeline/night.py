@@ -6,10 +6,13 @@ with one ``pack_shard`` task per (date, shard) on the queue of its shard.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from desq.archive import Archive
 from desq.deployment import Deployment
@@ -19,6 +22,9 @@ from desq.published import publish_night
 from desq.settings import Settings
 from desq.source.marker import MarkReport
 from desq.source.plan import Plan
+from desq.source.table import first_line
+
+log = logging.getLogger(__name__)
 
 
 def plan_night(deployment: Deployment, today: date) -> Plan:
@@ -54,9 +60,21 @@ def finish(deployment: Deployment, today: date, packs: list[dict[str, Any]], not
     for p in packs:
         summary["by_status"][p.get("status", "failed")] = summary["by_status"].get(p.get("status", "failed"), 0) + 1
     summary |= deployment.mode.finish(deployment.source, deployment.state, Archive(deployment.storage), today)
+    summary["expired_leases_removed"] = remove_expired_leases(deployment)
     summary |= notes or {}
     publish_night(deployment.storage, summary)
     return summary
+
+
+def remove_expired_leases(deployment: Deployment) -> int:
+    """Delete the leases released or expired more than one lease period ago (a night leaves one row
+    per container it packed); how many. A database error is logged, never the night's failure."""
+    grace = timedelta(seconds=deployment.settings.pipeline.lease_seconds)
+    try:
+        return deployment.leases.clear_expired(older_than=grace)
+    except SQLAlchemyError as exc:
+        log.warning("could not remove expired leases: %s", first_line(exc))
+        return 0
 
 
 @dataclass

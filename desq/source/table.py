@@ -21,6 +21,7 @@ from desq.days import DayError
 from desq.mode import mode_for
 from desq.errors import DesqError
 from desq.source.created import CreatedAt
+from desq.source.schema import add_column_statements, has_state_index, index_statement, missing_state_columns, type_problems
 from desq.settings import Settings, hide_password
 
 READY = "READY"
@@ -29,6 +30,14 @@ PACKED = "PACKED"
 
 class SourceError(DesqError):
     """The source database or table cannot be used as configured."""
+
+
+class MissingStateColumns(SourceError):
+    """Name mode's columns are not in the business table; ``statements`` add them (and the index)."""
+
+    def __init__(self, message: str, statements: list[str]) -> None:
+        super().__init__(message)
+        self.statements = statements
 
 
 def masked(url: str) -> str:
@@ -113,11 +122,20 @@ class SourceTable:
             raise SourceError(f"source table {config.table!r} does not exist in {where}") from None
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read the source table {config.table!r} in {where}: {first_line(exc)}") from None
-        keys = ("id", "created_at", "path") + mode_for(self.layout).state_columns
+        state_keys = mode_for(self.layout).state_columns
+        keys = ("id", "created_at", "path") + state_keys
         mapping = {key: getattr(config.columns, key) for key in keys}
         for key, column in mapping.items():
-            if column not in self.table.c:
+            if column not in self.table.c and key not in state_keys:
                 raise SourceError(f"source table {config.table!r} has no column {column!r} (source.columns.{key})")
+        missing = missing_state_columns(self.table, settings, state_keys)
+        if missing:
+            named = ", ".join(f"{mapping[k]!r} (source.columns.{k})" for k in missing)
+            statements = add_column_statements(self.table, settings, missing, engine.dialect)
+            if has_state_index(engine, self.table, settings) is not True:
+                statements.append(index_statement(self.table, settings, engine.dialect))
+            raise MissingStateColumns(f"source table {config.table!r} has no column {named}: name mode keeps its state there; "
+                                      "desq never alters the table, `desq source check` prints the statements that add them", statements)
         c = self.table.c
         self.columns = Columns(
             id=c[config.columns.id],
@@ -188,6 +206,26 @@ class SourceTable:
             ids = list(conn.execute(sa.select(self.columns.id).where(null, *where).order_by(self.columns.id).limit(examples)).scalars())
         return self.count(null, *where), ids
 
+    def path_of(self, uid: str, day: date) -> str | None:
+        """The path column of the row with id ``uid`` created on ``day`` (one lookup by id); None if
+        there is none (or ``uid`` cannot be an id of an integer column)."""
+        c = self.columns
+        key: object = uid
+        if isinstance(c.id.type, sa.Integer):
+            if not uid.isascii() or not uid.isdigit():
+                return None
+            key = int(uid)
+        query = sa.select(c.path, self.created_read).where(c.id == key, self.day_range(day, day)).limit(2)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        for path, created in rows:
+            try:
+                if path is not None and self.day_of(created) == day:
+                    return str(path)
+            except DayError:
+                continue
+        return None
+
     def describe(self) -> list[tuple[str, str, str]]:
         """``(setting, column, SQL type)`` of every mapped column."""
         out = []
@@ -199,19 +237,15 @@ class SourceTable:
 
 
 def index_hints(source: SourceTable) -> list[str]:
-    """Suggestions when the indexes the packers' queries want are missing (name mode)."""
+    """Suggestions when name mode's columns have unusable types or lack the index the night's
+    queries want, with the statement to create it in this database's SQL."""
+    if not mode_for(source.layout).state_columns:
+        return []
     c = source.columns
-    if c.des_status is None or c.des_shard is None:
-        return []
-    try:
-        indexes = sa.inspect(source.engine).get_indexes(source.table.name, schema=source.table.schema)
-    except SQLAlchemyError:
-        return []
-    leading = {tuple(ix.get("column_names") or ())[:2] for ix in indexes}
-    wanted = (c.des_status.name, c.des_shard.name)
-    if wanted in leading or wanted[::-1] in leading:
-        return []
-    return [
-        f"no index on ({wanted[0]}, {wanted[1]}): each packer's query scans the table; "
-        f"desq never alters it, but you may: CREATE INDEX {source.table.name}_des ON {source.table.name} ({wanted[0]}, {wanted[1]})"
-    ]
+    assert c.des_status is not None and c.des_shard is not None
+    hints = type_problems(source.table, source.settings)
+    if has_state_index(source.engine, source.table, source.settings) is False:
+        statement = index_statement(source.table, source.settings, source.engine.dialect)
+        hints.append(f"no index on ({c.des_status.name}, {c.des_shard.name}): each packer's query scans the table; "
+                     f"desq never alters it, but you may: {statement}")
+    return hints

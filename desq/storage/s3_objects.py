@@ -8,7 +8,9 @@ body that breaks off while it is read is fetched again here with the same kind o
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,7 +96,26 @@ def s3_client(
         read_timeout=read_timeout,
         s3={"addressing_style": "path" if endpoint_url else "auto"},
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+    with _SESSION_LOCK:  # a boto3 session is not thread-safe; the clients it makes are
+        return _session().client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: dict[tuple[int, tuple[tuple[str, str], ...]], boto3.session.Session] = {}
+
+
+def _session() -> boto3.session.Session:
+    """This process's boto3 session for the current ``AWS_*`` environment (call with the lock held).
+
+    One session finds the credentials (and botocore logs where it found them) once, and loads the
+    S3 service model once, not for every client a packer or storage makes. A forked child, or a
+    changed ``AWS_*`` environment, gets a session of its own."""
+    key = (os.getpid(), tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+    session = _SESSIONS.get(key)
+    if session is None:
+        _SESSIONS.clear()
+        session = _SESSIONS[key] = boto3.session.Session()
+    return session
 
 
 @dataclass(frozen=True, slots=True)
