@@ -1,0 +1,191 @@
+"""Commands that read the archive: ``locate``, ``get``, ``ls``, ``cat``, ``verify``, ``fsck``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from desq.archive import Archive, StorageSource
+from desq.container import ContainerError, Problem, Reader
+from desq.container.fsck import salvage
+from desq.errors import DesqError
+from desq.mode import mode_for
+from desq.progress import progress
+from desq.settings import Settings
+from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, storage_for
+from desq.storage.local import LocalStorage
+
+from desq.cli.base import common_options, main, needs_settings
+
+
+def _container(settings: Settings, target: str) -> tuple[Storage, str]:
+    """A container given as a local file, or as a key under the archive (local or S3)."""
+    path = Path(target)
+    if path.is_file():
+        return LocalStorage(path.parent), path.name
+    try:
+        return storage_for(settings), check_key(target)
+    except InvalidKey:
+        raise DesqError(f"no container at {target!r}: not a file, nor a key under the archive") from None
+
+
+def _open(settings: Settings, target: str) -> Reader:
+    storage, key = _container(settings, target)
+    try:
+        return Archive(storage).open(key)
+    except NotFound:
+        raise DesqError(f"no container at {target!r} (not a file, nor under {storage.url})") from None
+
+
+@main.command()
+@common_options
+@click.argument("name")
+@click.option("--created-at", metavar="DATE", help="uid mode: the file's created_at (YYYY-MM-DD or ISO 8601).")
+@needs_settings
+def locate(settings: Settings, name: str, created_at: str | None) -> None:
+    """Print where NAME (uid mode: a uid) lives, as JSON."""
+    mode = mode_for(settings.layout)
+    if mode.takes_created_at and created_at is None:
+        raise click.UsageError("uid mode needs --created-at DATE to locate a uid")
+    if not mode.takes_created_at and created_at is not None:
+        raise click.UsageError("--created-at is for uid mode; a name-mode name carries its date")
+    where = mode.locate(name, created_at)
+    member = None
+    try:
+        member = Archive(storage_for(settings)).find(where.container, where.name)
+    except NotFound:
+        pass  # not packed yet: offset and length stay null
+    offset, length = (member.offset, member.size) if member else (None, None)
+    record = {"name": where.name, "shard": where.shard_hex, "container": where.container, "offset": offset, "length": length}
+    click.echo(json.dumps(record, ensure_ascii=False))
+
+
+@main.command()
+@common_options
+@click.argument("name")
+@click.option("--created-at", metavar="DATE", help="uid mode: the file's created_at.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
+@needs_settings
+def get(settings: Settings, name: str, created_at: str | None, output: str | None) -> None:
+    """Write one archived file to stdout or FILE, checked against its checksums."""
+    from desq.files import FileService, FilesError
+
+    service = FileService(settings, Archive(storage_for(settings)))
+    try:
+        target = service.locate(name, created_at)
+    except FilesError as exc:
+        raise DesqError(str(exc)) from None
+    if target.original is not None:
+        raise DesqError(f"{name} is not archived yet (created after the cutoff); it is at {target.original}")
+    try:
+        _, chunks = service.archive.open_range(target.container, target.name)
+        first = next(chunks, b"")
+    except NotFound:
+        raise DesqError(f"{name} is not in the archive ({target.container} has no such file)") from None
+    if output:
+        partial = Path(output).with_name(f".{Path(output).name}.partial")
+        with open(partial, "wb") as fh:
+            fh.write(first)
+            for chunk in chunks:
+                fh.write(chunk)
+        partial.replace(output)
+    else:
+        out = sys.stdout.buffer
+        out.write(first)
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+
+
+def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
+    """Verify one container, printing a BAD line a problem: (problems, members, format version)."""
+    try:
+        reader = _open(settings, target)
+        problems, count, version = reader.verify(), reader.count, reader.version
+    except (ContainerError, StorageError, DesqError) as exc:
+        problems, count, version = [Problem(None, str(exc))], 0, 2
+    for problem in problems:
+        click.echo(f"BAD {target}: {problem}")
+    return problems, count, version
+
+
+@main.command("ls")
+@common_options
+@click.argument("container")
+@needs_settings
+def ls_(settings: Settings, container: str) -> None:
+    """List a container (v2 or DES v1): name<TAB>size a line."""
+    for member in _open(settings, container).members():
+        click.echo(f"{member.name}\t{member.size}")
+
+
+@main.command()
+@common_options
+@click.argument("container")
+@click.argument("name")
+@needs_settings
+def cat(settings: Settings, container: str, name: str) -> None:
+    """Write one member to stdout, checked against its checksums."""
+    out = sys.stdout.buffer
+    for chunk in _open(settings, container).iter_range(name):
+        out.write(chunk)
+    out.flush()
+
+
+@main.command()
+@common_options
+@click.argument("containers", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every container under the local archive.")
+@needs_settings
+def verify(settings: Settings, containers: tuple[str, ...], everything: bool) -> None:
+    """Check every checksum; name each bad member and exit 1 if any."""
+    if not containers and not everything:
+        raise click.UsageError("name containers to verify, or give --all")
+    targets = list(containers)
+    if everything:
+        targets += [o.key for o in storage_for(settings).list() if o.key.endswith(".des")]
+    bad = 0
+    for target in progress(targets, "verify"):
+        problems, count, _ = _check(settings, target)
+        if problems:
+            bad += 1
+        else:
+            click.echo(f"ok  {target}: {count} members")
+    if bad:
+        raise DesqError(f"{bad} of {len(targets)} container(s) failed verification")
+
+
+@main.command()
+@common_options
+@click.argument("container")
+@click.option("--salvage", "out", metavar="OUT", help="Write every member still provably intact into a new container OUT.")
+@needs_settings
+def fsck(settings: Settings, container: str, out: str | None) -> None:
+    """Check a container; with --salvage, rebuild what can be proven intact into OUT."""
+    problems, _, version = _check(settings, container)
+    path = container
+    salvaged = ""
+    if out:
+        if version != 2:
+            raise DesqError("--salvage rebuilds format v2 containers only")
+        target = Path(out)
+        if target.exists():
+            raise DesqError(f"{out} exists; salvage never overwrites a file")
+        partial = target.with_name(f".{target.name}.partial")
+        storage, key = _container(settings, container)
+        with open(partial, "wb") as fh:
+            summary, report = salvage(StorageSource(storage, key), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        partial.rename(target)
+        for lo, hi in report.damaged:
+            click.echo(f"lost {path}: bytes {lo}..{hi} hold no intact member")
+        salvaged = f"; salvaged {summary.count} members into {out}"
+        click.echo(f"salvaged {summary.count} intact members into {out}")
+    if problems:
+        raise DesqError(f"{path} is damaged: {len(problems)} problem(s){salvaged}")
+    click.echo(f"ok  {path}")
