@@ -388,16 +388,17 @@ class ContainerReader:
     def _verify_members(self, names: list[str], slots: list[_Slot]) -> list[Problem]:
         """Every member's checksums, by index position. Adjacent small frames are read together (at
         most MAX_MERGE bytes a read); a frame that fails is checked again alone, for its own message."""
-        alone = [s for s in slots if s.external or s.end - s.start > MAX_MERGE]
-        for group in coalesce([s for s in slots if not s.external and s.end - s.start <= MAX_MERGE], _slot_span, MAX_MERGE, MAX_GAP):
-            lo, hi = group[0].start, max(s.end for s in group)
+        spans = [(s, s.start, s.end) for s in slots]  # computed once: the properties cost per call
+        alone = [s for s, start, end in spans if s.external or end - start > MAX_MERGE]
+        for group in coalesce([p for p in spans if not p[0].external and p[2] - p[1] <= MAX_MERGE], _span, MAX_MERGE, MAX_GAP):
+            lo, hi = group[0][1], max(end for _, _, end in group)
             try:
                 raw = memoryview(self.source.read(lo, hi - lo))
             except CorruptContainer:
-                alone.extend(group)
+                alone.extend(s for s, _, _ in group)
                 continue
-            for slot in group:
-                frame = raw[slot.start - lo : slot.end - lo]
+            for slot, start, end in group:
+                frame = raw[start - lo : end - lo]
                 try:
                     if self._frame_head(slot, frame).name != names[slot.position]:
                         raise CorruptContainer("another name")
@@ -415,8 +416,8 @@ class ContainerReader:
         return problems
 
 
-def _slot_span(slot: _Slot) -> tuple[int, int]:
-    return slot.start, slot.end
+def _span(item: tuple[_Slot, int, int]) -> tuple[int, int]:
+    return item[1], item[2]
 
 
 def _frame_span(item: tuple[str, _Slot]) -> tuple[int, int]:
