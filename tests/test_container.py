@@ -405,6 +405,22 @@ def test_verify_reports_a_damaged_header() -> None:
     assert len(problems) == 1 and problems[0].name is None and "header" in problems[0].message
 
 
+def test_verify_reads_small_members_together_and_names_each_bad_one() -> None:
+    """Regression: verify made one request per member (minutes per container on S3)."""
+    members = [(f"m{i}", os.urandom(20_000 + i)) for i in range(1000)]
+    data = build(members)
+    source = CountingSource(data)
+    reader = ContainerReader.open(source)
+    assert reader.verify() == []
+    reads = [c for c in source.calls if c[0] == "read"]
+    assert len(reads) <= 2 + len(data) // (8 * MiB) + 2 and max(c[2] for c in reads) <= 8 * MiB + 64 * 1024
+    bad = bytearray(data)
+    for name in ("m3", "m700"):
+        bad[bytes(bad).index(dict(members)[name][:64]) + 10] ^= 1
+    problems = ContainerReader.open(BytesSource(bytes(bad))).verify()
+    assert [(p.name, p.message) for p in problems] == [("m3", "data checksum does not match"), ("m700", "data checksum does not match")]
+
+
 def test_members_over_eight_mib_stream_and_merge() -> None:
     blob = os.urandom(9 * MiB + 123)
     old = build([("huge", blob), ("tiny", b"t")])

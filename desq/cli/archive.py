@@ -10,35 +10,25 @@ from pathlib import Path
 import click
 
 from desq.archive import Archive, StorageSource
-from desq.container import ContainerError, Problem, Reader
+from desq.container import Problem, Reader
 from desq.container.fsck import salvage
 from desq.errors import DesqError
 from desq.mode import mode_for
 from desq.progress import progress
 from desq.settings import Settings
-from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, storage_for
-from desq.storage.local import LocalStorage
+from desq.verify import DEFAULT_JOBS, Targets, VerifyRun, check
+from desq.storage import NotFound, Storage, storage_for
 
 from desq.cli.base import common_options, main, needs_settings
 
 
 def _container(settings: Settings, target: str) -> tuple[Storage, str]:
     """A container given as a local file, or as a key under the archive (local or S3)."""
-    path = Path(target)
-    if path.is_file():
-        return LocalStorage(path.parent), path.name
-    try:
-        return storage_for(settings), check_key(target)
-    except InvalidKey:
-        raise DesqError(f"no container at {target!r}: not a file, nor a key under the archive") from None
+    return Targets(lambda: storage_for(settings)).locate(target)
 
 
 def _open(settings: Settings, target: str) -> Reader:
-    storage, key = _container(settings, target)
-    try:
-        return Archive(storage).open(key)
-    except NotFound:
-        raise DesqError(f"no container at {target!r} (not a file, nor under {storage.url})") from None
+    return Targets(lambda: storage_for(settings)).open(target)[0]
 
 
 @main.command()
@@ -103,14 +93,10 @@ def get(settings: Settings, name: str, created_at: str | None, output: str | Non
 
 def _check(settings: Settings, target: str) -> tuple[list[Problem], int, int]:
     """Verify one container, printing a BAD line a problem: (problems, members, format version)."""
-    try:
-        reader = _open(settings, target)
-        problems, count, version = reader.verify(), reader.count, reader.version
-    except (ContainerError, StorageError, DesqError) as exc:
-        problems, count, version = [Problem(None, str(exc))], 0, 2
-    for problem in problems:
-        click.echo(f"BAD {target}: {problem}")
-    return problems, count, version
+    checked = check(Targets(lambda: storage_for(settings)), target)
+    for line in checked.lines() if checked.problems else []:
+        click.echo(line)
+    return checked.problems, checked.members, checked.version
 
 
 @main.command("ls")
@@ -139,24 +125,21 @@ def cat(settings: Settings, container: str, name: str) -> None:
 @main.command()
 @common_options
 @click.argument("containers", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every container under the local archive.")
+@click.option("--all", "everything", is_flag=True, help="Every container under the archive, and the leftovers beside them.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=DEFAULT_JOBS, show_default=True, help="Containers verified at once.")
 @needs_settings
-def verify(settings: Settings, containers: tuple[str, ...], everything: bool) -> None:
-    """Check every checksum; name each bad member and exit 1 if any."""
+def verify(settings: Settings, containers: tuple[str, ...], everything: bool, jobs: int) -> None:
+    """Check every checksum; name each bad member and exit 1 if any. Leftovers are listed, not failed."""
     if not containers and not everything:
         raise click.UsageError("name containers to verify, or give --all")
-    targets = list(containers)
-    if everything:
-        targets += [o.key for o in storage_for(settings).list() if o.key.endswith(".des")]
-    bad = 0
-    for target in progress(targets, "verify"):
-        problems, count, _ = _check(settings, target)
-        if problems:
-            bad += 1
-        else:
-            click.echo(f"ok  {target}: {count} members")
-    if bad:
-        raise DesqError(f"{bad} of {len(targets)} container(s) failed verification")
+    found = VerifyRun(Targets(lambda: storage_for(settings)), list(containers), everything, jobs)
+    for line in found.run(progress, settings.pipeline.lease_seconds):
+        click.echo(line)
+    click.echo(found.tally.summary(), err=True)
+    if found.leftovers:
+        click.echo(f"desq: warning: {found.leftover_note()}", err=True)
+    if found.tally.bad:
+        raise DesqError(f"{found.tally.bad} of {found.tally.containers} container(s) failed verification")
 
 
 @main.command()

@@ -182,4 +182,7 @@ def pack(settings: Settings, day: date, shard: str | None, everything: bool, enq
 @needs_settings
 def recover(settings: Settings) -> None:
     """Clear expired leases, abort abandoned uploads, remove stale staging objects."""
-    click.echo(recover_pipeline(Deployment(settings)).summary())
+    report = recover_pipeline(Deployment(settings))
+    for key in report.removed:
+        click.echo(f"removed {key}")
+    click.echo(report.summary())

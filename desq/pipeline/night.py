@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from desq.archive import Archive
 from desq.deployment import Deployment
+from desq.leftovers import SAFE_AGE, remove_big_files, safe_age
 from desq.pipeline.lease import Leases
 from desq.pipeline.pack import STAGING, PackReport
 from desq.published import publish_night
@@ -115,18 +116,27 @@ class RecoverReport:
     leases: int = 0
     uploads: int = 0
     staging: int = 0
+    big_files: int = 0
+    removed: list[str] = field(default_factory=list)
+    """The keys of the staging objects and big files removed."""
 
     def summary(self) -> str:
-        return f"cleared {self.leases} expired lease(s), aborted {self.uploads} abandoned upload(s), removed {self.staging} stale staging object(s)"
+        return (
+            f"cleared {self.leases} expired lease(s), aborted {self.uploads} abandoned upload(s), removed {self.staging} stale staging object(s)"
+            f" and {self.big_files} big file(s) no container references"
+        )
 
 
-def recover(deployment: Deployment, *, older_than: timedelta = timedelta(hours=6)) -> RecoverReport:
-    """Clear what crashed packers left: expired leases, abandoned uploads, stale staging objects.
+def recover(deployment: Deployment, *, older_than: timedelta = SAFE_AGE) -> RecoverReport:
+    """Clear what crashed packers left: expired leases, abandoned uploads, stale staging objects,
+    big files no container references.
 
     Only ``<key>.staging-<token>`` objects are removed, never a container: a container is replaced
     only by publishing a verified staging object over it. A staging object is stale once its packer
     no longer holds the lease with that token (it can never publish it), or when it is older than
-    ``older_than``.
+    ``older_than``. A big file goes only when neither its container nor a staging object of it
+    references it, it is older than ``older_than`` and twice the lease time, and no packer holds
+    the lease on its container (``leftovers.remove_big_files``).
     """
     storage = deployment.storage
     report = RecoverReport()
@@ -140,6 +150,10 @@ def recover(deployment: Deployment, *, older_than: timedelta = timedelta(hours=6
         if info.modified is None or info.modified < cutoff or not _staging_is_live(leases, info.key):
             storage.delete(info.key)
             report.staging += 1
+            report.removed.append(info.key)
+    big = remove_big_files(storage, leases, safe_age(deployment.settings.pipeline.lease_seconds, older_than))
+    report.big_files = len(big)
+    report.removed += big
     return report
 
 

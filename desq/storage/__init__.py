@@ -13,6 +13,7 @@ from desq.storage.base import (
     NoCredentials,
     NotFound,
     ObjectInfo,
+    PendingUpload,
     RangeError,
     StaleObject,
     Storage,
@@ -24,7 +25,7 @@ from desq.storage.base import (
 )
 
 __all__ = [
-    "AccessDenied", "BucketNotFound", "InvalidKey", "NoCredentials", "NotFound", "ObjectInfo", "RangeError",
+    "AccessDenied", "BucketNotFound", "InvalidKey", "NoCredentials", "NotFound", "ObjectInfo", "PendingUpload", "RangeError",
     "StaleObject", "Storage", "StorageError", "StorageUnavailable", "Upload", "check_key", "join_key",
     "open_storage", "storage_for",
 ]

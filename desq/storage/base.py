@@ -69,6 +69,18 @@ class ObjectInfo:
     modified: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PendingUpload:
+    """An upload started and never committed: one in progress, or a crashed writer's."""
+
+    key: str
+    """The key it would have been committed under."""
+    started: datetime | None
+    """When it was started (local folders: its last write)."""
+    size: int | None = None
+    """Bytes written so far, where the storage can tell."""
+
+
 _BAD_KEY = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -160,6 +172,10 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every committed object whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def uploads(self) -> Iterator[PendingUpload]:
+        """Every upload started and not yet committed or aborted."""
 
     @abstractmethod
     def abort_stale_uploads(self, older_than_seconds: float) -> int:

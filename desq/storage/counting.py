@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from desq.storage.base import ObjectInfo, Storage, Upload
+from desq.storage.base import ObjectInfo, PendingUpload, Storage, Upload
 
 
 class CountingStorage(Storage):
@@ -55,6 +55,10 @@ class CountingStorage(Storage):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         self._note("list", prefix)
         return self.inner.list(prefix)
+
+    def uploads(self) -> Iterator[PendingUpload]:
+        self._note("uploads", "")
+        return self.inner.uploads()
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
         self._note("abort", "")

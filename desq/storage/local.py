@@ -12,7 +12,7 @@ from pathlib import Path
 from stat import S_ISDIR
 
 from desq.fileio import pread_exactly
-from desq.storage.base import InvalidKey, NotFound, ObjectInfo, RangeError, StaleObject, Storage, StorageError, Upload, check_key
+from desq.storage.base import InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, Upload, check_key
 
 TEMP_PREFIX = ".desq-upload-"
 """Uploads in progress are hidden files beside their target; list() never shows them."""
@@ -214,6 +214,19 @@ class LocalStorage(Storage):
                 yield _info(key, self.path(key).stat())
             except (FileNotFoundError, InvalidKey):
                 continue  # deleted while listing, or a link to outside the root
+
+    def uploads(self) -> Iterator[PendingUpload]:
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.rglob(f"{TEMP_PREFIX}*")):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # committed or aborted meanwhile
+            target = path.name.removeprefix(TEMP_PREFIX).partition("-")[2]
+            rel = path.parent.relative_to(self.root).as_posix()
+            key = target if rel == "." else f"{rel}/{target}"
+            yield PendingUpload(key=key, started=datetime.fromtimestamp(stat.st_mtime, timezone.utc), size=stat.st_size)
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from desq.storage.base import ObjectInfo, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key
+from desq.storage.base import ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key
 from desq.storage.s3_objects import TRANSIENT_BODY_ERRORS, S3Objects, s3_client, s3_error
 
 __all__ = ["MAX_PARTS", "PART_SIZE", "TRANSIENT_BODY_ERRORS", "S3Storage", "s3_client"]
@@ -143,6 +143,16 @@ class S3Storage(Storage):
                     yield ObjectInfo(key=item["Key"][len(base) :], size=item["Size"], etag=item["ETag"], modified=item.get("LastModified"))
         except (ClientError, BotoCoreError) as exc:
             raise s3_error(exc, f"listing {self.url}/{prefix}") from exc
+
+    def uploads(self) -> Iterator[PendingUpload]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(key=upload["Key"][len(base) :], started=upload.get("Initiated"))
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_error(exc, f"listing the uploads in progress under {self.url}") from exc
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_seconds)
