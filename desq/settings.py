@@ -28,6 +28,7 @@ from desq import layout
 from desq.errors import DesqError
 from desq.failpoints import FAILPOINTS_DIR_ENV, FAILPOINTS_ENV
 from desq.mode import mode_for
+from desq.s3 import config as s3_config
 
 ENV_PREFIX = "DESQ_"
 CONFIG_ENV = "DESQ_CONFIG"
@@ -92,15 +93,12 @@ def _check_optional_db_url(value: str) -> None:
         _check_db_url(value)
 
 
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-
 def _check_archive_url(value: str) -> None:
     _check_nonempty(value)
     scheme = urlsplit(value).scheme if "://" in value else ""
     if scheme == "s3":
         bucket = urlsplit(value).netloc
-        if not _BUCKET_RE.fullmatch(bucket):
+        if not s3_config.BUCKET_RE.fullmatch(bucket):
             raise ValueError(f"S3 bucket {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
     elif scheme == "file":
         if not value.startswith("file:///"):
@@ -156,36 +154,6 @@ def _check_original_url(value: str) -> None:
         raise ValueError("must contain the placeholder {uid}")
     if fields - {"uid", "date"}:
         raise ValueError(f"knows only the placeholders {{uid}} and {{date}}, not {sorted(fields - {'uid', 'date'})}")
-
-
-_RESERVED_BUCKETS = frozenset({"healthz", "readyz", "metrics"})
-_ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{3,128}")
-_SECRET_KEY_RE = re.compile(r"[\x21-\x7e]{8,128}")
-
-
-def _check_bucket(value: str) -> None:
-    if not _BUCKET_RE.fullmatch(value) or ".." in value or ".-" in value or "-." in value:
-        raise ValueError(f"{value!r} is not an S3 bucket name (3-63 of a-z 0-9 . -, starting and ending with a letter or digit)")
-    if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", value) or value.startswith(("xn--", "sthree-")) or value.endswith(("-s3alias", "--ol-s3")):
-        raise ValueError(f"{value!r} is not an S3 bucket name (an IP address, or a prefix or suffix S3 reserves)")
-    if value in _RESERVED_BUCKETS:
-        raise ValueError(f"{value!r} is a path the s3 role serves itself (/healthz, /readyz, /metrics)")
-
-
-def _check_credentials(value: tuple[str, ...]) -> None:
-    seen: set[str] = set()
-    for number, entry in enumerate(value, 1):
-        key_id, sep, secret = entry.partition(":")
-        if not sep or not _ACCESS_KEY_RE.fullmatch(key_id) or not _SECRET_KEY_RE.fullmatch(secret):
-            raise ValueError(f"entry {number} is not ACCESS_KEY_ID:SECRET_ACCESS_KEY (an id of 3-128 of A-Z a-z 0-9 _ . -, a secret of 8-128 printable ASCII characters, no spaces)")
-        if key_id in seen:
-            raise ValueError(f"entry {number} repeats the access key id {key_id!r}")
-        seen.add(key_id)
-
-
-def _check_region(value: str) -> None:
-    if not re.fullmatch(r"[a-z0-9_-]{1,64}", value):
-        raise ValueError(f"{value!r} is not a region name (1-64 of a-z 0-9 _ -, e.g. us-east-1)")
 
 
 # --- the schema ------------------------------------------------------------------------------
@@ -269,9 +237,9 @@ class WebSettings:
 class S3Settings:
     """The read-only S3-compatible API (``--role s3``)."""
 
-    bucket: str = opt("desq", "the name under which the s3 role serves the archive as one bucket", check=_check_bucket)
-    credentials: tuple[str, ...] = opt((), 'the s3 role\'s ["ACCESS_KEY_ID:SECRET_ACCESS_KEY", ...]; empty: anonymous reads', check=_check_credentials, secret=True)
-    region: str = opt("us-east-1", "the region S3 clients sign their requests for", check=_check_region)
+    bucket: str = opt("desq", "the name under which the s3 role serves the archive as one bucket", check=s3_config.check_bucket)
+    credentials: tuple[str, ...] = opt((), 'the s3 role\'s ["ACCESS_KEY_ID:SECRET_ACCESS_KEY", ...]; empty: anonymous reads', check=s3_config.check_credentials, secret=True)
+    region: str = opt("us-east-1", "the region S3 clients sign their requests for", check=s3_config.check_region)
 
     def secrets(self) -> dict[str, str]:
         """Access key id -> secret access key."""
