@@ -103,7 +103,7 @@ def request_id() -> str:
 def error_response(exc: S3Error) -> Response:
     """S3's XML error for ``exc``, with the request's id."""
     body = xml.error(exc.code, exc.message, request.path, request_id())
-    response = Response(body, status=exc.status, mimetype="application/xml")
+    response = Response(body, status=exc.status, content_type="application/xml")
     response.headers.update(exc.headers)
     return response
 
@@ -179,7 +179,7 @@ def _failure(exc: Exception) -> S3Error:
 
 
 def _xml(body: bytes) -> Response:
-    return Response(body, mimetype="application/xml")
+    return Response(body, content_type="application/xml")
 
 
 def list_buckets(_: Operation) -> Response:
