@@ -17,14 +17,14 @@ import requests
 from desq.container import ContainerWriter
 from desq.settings import load_settings
 from desq.storage import Storage
+from log_secrets import S3_SECRET_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
 ACCESS_KEY = "DESQTESTKEY01"
-SECRET_KEY = "s3-test-secret-Hq7/x+Z0aw9Lr2mT"  # tests/log_secrets.py searches every log for it
+SECRET_KEY, OTHER_SECRET = S3_SECRET_KEYS[:2]  # registered there: no log of the suite may hold them
 OTHER_KEY = "DESQTESTKEY02"
-OTHER_SECRET = "s3-test-secret-other-Pz4kQ8vN"  # likewise
 CREDENTIALS = f"{ACCESS_KEY}:{SECRET_KEY},{OTHER_KEY}:{OTHER_SECRET}"
 DAY = datetime(2025, 11, 20, 6, 0, tzinfo=timezone.utc)
 
@@ -103,3 +103,36 @@ class Server:
             self.process.terminate()
             self.process.wait(timeout=30)
         self.log.close()
+
+
+S3FS_REQUIREMENTS = Path(__file__).with_name("s3fs-requirements.txt")
+
+
+def s3fs_python() -> Path:
+    """The python of a venv holding s3fs (tests/s3fs-requirements.txt), built once per pin set.
+
+    s3fs needs aiobotocore, which pins a botocore older than desq's, so it cannot share desq's venv.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    digest = hashlib.sha256(S3FS_REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    home = Path(os.environ.get("DESQ_TEST_CACHE") or Path.home() / ".cache" / "desq-tests")
+    venv = home / f"s3fs-{digest}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    home.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix="s3fs-", dir=home))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
+        subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(S3FS_REQUIREMENTS)], check=True)
+        try:
+            building.rename(venv)  # only its python is run, which finds its venv wherever it lies
+        except OSError:
+            pass  # another run built it first
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return python
