@@ -4,7 +4,6 @@ one is read by the other), over one archive; every write refused and the archive
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import subprocess

@@ -26,7 +26,7 @@ OWNER = "<Owner><ID>desq</ID><DisplayName>desq</DisplayName></Owner>"
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
-def text(value: str) -> str:
+def escape(value: str) -> str:
     """``value`` as XML character data (a character XML cannot carry becomes U+FFFD)."""
     value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _NOT_XML.sub("\ufffd", value)
@@ -36,7 +36,7 @@ def element(name: str, value: str | int | bool) -> str:
     """``<name>value</name>``; booleans as S3 writes them."""
     if isinstance(value, bool):
         value = "true" if value else "false"
-    return f"<{name}>{text(str(value))}</{name}>"
+    return f"<{name}>{escape(str(value))}</{name}>"
 
 
 def timestamp(moment: datetime) -> str:
@@ -63,7 +63,7 @@ def list_buckets(bucket: str, created: datetime) -> bytes:
 
 def location(region: str) -> bytes:
     """GetBucketLocation: empty for us-east-1, as S3 answers."""
-    return _document("LocationConstraint", [text(region) if region != "us-east-1" else ""])
+    return _document("LocationConstraint", [escape(region) if region != "us-east-1" else ""])
 
 
 def _encoded(value: str, params: ListParams) -> str:
