@@ -342,6 +342,17 @@ def router(quick: bool, **_: Any) -> Result:
     return r
 
 
+def s3_get(quick: bool, **_: Any) -> Result:
+    """The s3 role's GetObject vs the files API's GET on the same members (bench/s3_api.py)."""
+    from bench.s3_api import s3_vs_files
+
+    r = s3_vs_files(quick)
+    if "figure" in r:
+        d = r["details"]
+        r["plot"] = {"unit": "requests/s", "bars": [_bar("S3 GetObject", d["desq"]["requests_per_s"]), _bar("files API GET", d["anchor"]["requests_per_s"])]}
+    return r
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "pack 0.5-8 KiB files from local disk": pack_vs_tar,
     "pack the same from an S3 source": pack_from_s3,
@@ -355,6 +366,7 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "source rows read per packed file": rows_per_file,
     "big member packed and served": big_member,
     "through the router vs direct": router,
+    "S3 GetObject vs files API GET on the same files": s3_get,
 }
 
 

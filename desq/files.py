@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from desq.archive import Archive
 from desq.errors import DesqError
-from desq.layout import LayoutError, yyyymmdd
+from desq.layout import LayoutError, Location, yyyymmdd
 from desq.mode import MissingCreatedAt, mode_for
 from desq.published import Published, read_published, read_state
 from desq.settings import Settings
@@ -126,14 +126,19 @@ class FileService:
             self._state = (now, read_state(self._documents))
         return self._state[1]
 
-    def locate(self, name: str, created_at: str | None) -> Target:
-        """The target of ``/files/<name>`` (uid mode: with ``?created_at=``); FilesError if bad."""
+    def place(self, name: str, created_at: str | None) -> Location:
+        """Where the container member ``name`` (uid mode: created at ``created_at``) lies, whatever
+        the cutoff says; BadRequest if it cannot be named so."""
         try:
-            where = self.mode.locate(name, created_at)
+            return self.mode.locate(name, created_at)
         except MissingCreatedAt:
             raise BadRequest("uid mode needs ?created_at=YYYY-MM-DD (or ISO 8601)") from None
         except LayoutError as exc:
             raise BadRequest(str(exc)) from None
+
+    def locate(self, name: str, created_at: str | None) -> Target:
+        """The target of ``/files/<name>`` (uid mode: with ``?created_at=``); FilesError if bad."""
+        where = self.place(name, created_at)
         target = Target(name=where.name, container=where.container, shard=where.shard_hex)
         cutoff = functools.cache(self.cutoff)  # read at most once per request
         if not self.mode.archived(where, cutoff):

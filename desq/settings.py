@@ -28,6 +28,7 @@ from desq import layout
 from desq.errors import DesqError
 from desq.failpoints import FAILPOINTS_DIR_ENV, FAILPOINTS_ENV
 from desq.mode import mode_for
+from desq.s3 import config as s3_config
 
 ENV_PREFIX = "DESQ_"
 CONFIG_ENV = "DESQ_CONFIG"
@@ -97,7 +98,7 @@ def _check_archive_url(value: str) -> None:
     scheme = urlsplit(value).scheme if "://" in value else ""
     if scheme == "s3":
         bucket = urlsplit(value).netloc
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        if not s3_config.BUCKET_RE.fullmatch(bucket):
             raise ValueError(f"S3 bucket {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
     elif scheme == "file":
         if not value.startswith("file:///"):
@@ -251,6 +252,19 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """The read-only S3-compatible API (``--role s3``)."""
+
+    bucket: str = opt("desq", "the name under which the s3 role serves the archive as one bucket", check=s3_config.check_bucket)
+    credentials: tuple[str, ...] = opt((), 'the s3 role\'s ["ACCESS_KEY_ID:SECRET_ACCESS_KEY", ...]; empty: anonymous reads', check=s3_config.check_credentials, secret=True)
+    region: str = opt("us-east-1", "the region S3 clients sign their requests for", check=s3_config.check_region)
+
+    def secrets(self) -> dict[str, str]:
+        """Access key id -> secret access key."""
+        return dict(entry.partition(":")[::2] for entry in self.credentials)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of one desq deployment."""
 
@@ -265,6 +279,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
 
     @cached_property
     def zone(self) -> ZoneInfo:

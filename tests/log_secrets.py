@@ -8,7 +8,7 @@ What is searched, at the end of the session:
 - the logs of the test services (``$DESQ_TEST_LOGS``, by default /tmp/desq-test-services).
 
 The secrets (``SECRETS``) are what opens the test services and APIs: the database password of
-tests/services.env, the Flower password and the bearer tokens the tests configure. Any line that holds
+tests/services.env, the Flower password, the bearer tokens and the S3 secret access keys the tests configure. Any line that holds
 one fails the run (exit status 1) and is reported with its file or test, its line number, and the
 secret replaced by its label. Binary files (a NUL byte in their first 8 KiB: containers, databases)
 and inputs (``INPUT_SUFFIXES``: the config files a test writes for desq hold secrets by design) are
@@ -44,6 +44,13 @@ API_TOKENS = (
 )
 """Every bearer token a test configures in web.api_tokens: a test that adds one registers it here."""
 
+S3_SECRET_KEYS = (
+    "s3-test-secret-Hq7/x+Z0aw9Lr2mT",  # tests/s3_fixtures.py SECRET_KEY
+    "s3-test-secret-other-Pz4kQ8vN",  # tests/s3_fixtures.py OTHER_SECRET
+    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",  # tests/test_settings.py
+)
+"""Every secret access key a test configures in s3.credentials: a test that adds one registers it here."""
+
 INPUT_SUFFIXES = frozenset({".toml", ".env", ".ini", ".cfg", ".conf", ".py"})
 """Files under basetemp that are inputs given to desq, not logs of it."""
 
@@ -66,6 +73,7 @@ SECRETS: dict[str, str] = {
     "TEST_DB_PASSWORD": _db_password(),
     "FLOWER_PASSWORD": FLOWER_PASSWORD,
     **{f"API_TOKEN_{i}": token for i, token in enumerate(API_TOKENS, 1)},
+    **{f"S3_SECRET_KEY_{i}": secret for i, secret in enumerate(S3_SECRET_KEYS, 1)},
 }
 """Label -> secret: what no log of the test suite may contain."""
 

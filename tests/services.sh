@@ -36,6 +36,7 @@ install_missing() {
     && has pg_ctlcluster && has pg_createcluster && has pg_isready && has psql; } || missing+=(postgresql postgresql-client)
   has runuser || missing+=(util-linux)
   has wrk || missing+=(wrk)  # the HTTP load generator of desq bench
+  has rclone || missing+=(rclone)  # a client of the s3 role's tests
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} with apt"
     as_root apt-get update -qq

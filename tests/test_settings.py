@@ -195,6 +195,19 @@ def test_wrong_type_in_variable_names_the_variable(option: Option) -> None:
         ("web.original_url", '"s3://live/{uid:>9}"', "no format spec"),
         ("web.original_url", '"s3://live/{uid"', "template"),
         ("web.original_url", '"ftp://live/{uid}"', "URL template"),
+        ("s3.bucket", '"ab"', "not an S3 bucket name"),
+        ("s3.bucket", '"Desq"', "not an S3 bucket name"),
+        ("s3.bucket", '"a..b"', "not an S3 bucket name"),
+        ("s3.bucket", '"-desq"', "not an S3 bucket name"),
+        ("s3.bucket", '"10.0.0.1"', "IP address"),
+        ("s3.bucket", '"xn--desq"', "reserves"),
+        ("s3.bucket", '"metrics"', "serves itself"),
+        ("s3.credentials", '["no-colon-here"]', "entry 1 is not ACCESS_KEY_ID:SECRET_ACCESS_KEY"),
+        ("s3.credentials", '["AKIDEXAMPLE:has a space"]', "entry 1 is not"),
+        ("s3.credentials", '["ab:long-enough-secret"]', "entry 1 is not"),
+        ("s3.credentials", '["AKIDEXAMPLE:long-enough-secret", "AKIDEXAMPLE:another-secret"]', "entry 2 repeats the access key id 'AKIDEXAMPLE'"),
+        ("s3.region", '"US East"', "not a region name"),
+        ("s3.region", '""', "not a region name"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, key: str, literal: str, words: str) -> None:
@@ -286,6 +299,17 @@ def test_dump_masks_secrets_and_reads_back(tmp_path: Path) -> None:
     assert "postgresql://user:***@db/files" in text
     plain = dump_toml(load_settings(env={"DESQ_SHARD_BITS": "10", "DESQ_QUEUE_COUNT": "8"}))
     assert load_settings(write(tmp_path, plain), env={}) == load_settings(env={"DESQ_SHARD_BITS": "10", "DESQ_QUEUE_COUNT": "8"})
+
+
+def test_s3_credentials_are_never_shown(tmp_path: Path) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    good = load_settings(env={"DESQ_S3_CREDENTIALS": f"AKIDEXAMPLE:{secret},OTHERKEY:other-secret-1"})
+    assert good.s3.secrets() == {"AKIDEXAMPLE": secret, "OTHERKEY": "other-secret-1"}
+    assert secret not in dump_toml(good) and 'credentials = ["***", "***"]' in dump_toml(good)
+    for bad in (f"AKIDEXAMPLE:{secret} x", f"AKIDEXAMPLE:{secret},AKIDEXAMPLE:{secret}", f"A:{secret}"):
+        message = error_of(env={"DESQ_S3_CREDENTIALS": bad})
+        assert message.startswith("DESQ_S3_CREDENTIALS (s3.credentials):") and secret not in message
+    assert secret not in error_of(write(tmp_path, f's3.credentials = "AKIDEXAMPLE:{secret}"\n'))
 
 
 def test_readme_table_matches_the_schema() -> None:

@@ -26,8 +26,24 @@ class NamePath(PathConverter):
     regex = r"[^/][\s\S]*?"
 
 
+def file_service(settings: Settings, storage: Storage | None = None) -> FileService:
+    """desq's read path as the web roles use it: the archive storage counted in the metrics, with
+    the cached indexes (and the shared Redis tier when configured)."""
+    plain = storage or storage_for(settings, max_pool_connections=64)
+    counted = CountingStorage(plain, on_request=metrics.storage_request)
+    shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
+    archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
+    path_of = None
+    if "{path}" in settings.web.original_url:
+        from desq.source.paths import SourcePaths
+
+        path_of = SourcePaths(settings)
+    return FileService(settings, archive, documents=plain, path_of=path_of)
+
+
 def create_app(settings: Settings | None = None, *, storage: Storage | None = None, role: str = "files") -> Flask:
-    """The files API (``role="files"``) or the router (``role="router"``) for ``settings``."""
+    """The files API (``role="files"``), the router (``role="router"``) or the read-only S3 API
+    (``role="s3"``) for ``settings``."""
     settings = settings or load_settings()
     app = Flask("desq")
     # A name may hold a newline (werkzeug's path converter would stop there: a 404, not the layout's
@@ -46,18 +62,14 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
             app.register_blueprint(blueprint)
         app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
         return app
-    if role != "files":
-        raise ValueError(f"role must be 'files' or 'router', got {role!r}")
-    plain = storage or storage_for(settings, max_pool_connections=64)
-    counted = CountingStorage(plain, on_request=metrics.storage_request)
-    shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
-    archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)
-    path_of = None
-    if "{path}" in settings.web.original_url:
-        from desq.source.paths import SourcePaths
+    if role == "s3":
+        from web import s3
 
-        path_of = SourcePaths(settings)
-    app.extensions["desq.files"] = FileService(settings, archive, documents=plain, path_of=path_of)
+        s3.install(app, settings, file_service(settings, storage))
+        return app
+    if role != "files":
+        raise ValueError(f"role must be 'files', 'router' or 's3', got {role!r}")
+    app.extensions["desq.files"] = file_service(settings, storage)
     app.extensions["desq.presigner"] = Presigner(settings.source.s3_endpoint_url or settings.archive.s3_endpoint_url)
     if settings.web.registry_url and settings.web.advertise_url:
         from web.registry import announce

@@ -85,7 +85,8 @@ def require_token() -> Response | None:
     return response
 
 
-def _etag(meta: Any) -> str:
+def etag_of(meta: Any) -> str:
+    """A member's strong ETag (unquoted): its checksum and size; the files API and the s3 role both send it."""
     if meta.checksum is not None:
         return f"{meta.checksum:08x}-{meta.size:x}"
     # DES v1 stores no checksum: name and size, hashed the same in every worker process.
@@ -145,6 +146,18 @@ def _original(url: str) -> Response:
     return redirect(url, code=307)
 
 
+def stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A member's checked bytes, its first chunk already read (so that a failed check is still an
+    error status), counted in the bytes-served metric once sent."""
+    if first:
+        yield first
+    served = len(first)
+    for chunk in chunks:
+        served += len(chunk)
+        yield chunk
+    metrics.BYTES.inc(served)
+
+
 @files.route("/files/<path:name>", methods=["GET", "HEAD"])
 def get_file(name: str) -> Response:
     try:
@@ -158,14 +171,14 @@ def get_file(name: str) -> Response:
         if ranges is not None and ranges.units == "bytes" and len(ranges.ranges) == 1 and size is not None:
             bounds = _bounds(ranges, size)
             if bounds is None:
-                if "If-Range" not in request.headers or _if_range_holds(_etag(archive.meta(target.container, target.name))):
+                if "If-Range" not in request.headers or _if_range_holds(etag_of(archive.meta(target.container, target.name))):
                     response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
                     response.headers["Content-Range"] = ContentRange("bytes", None, None, size).to_header()
                     return response
             else:
                 (start, stop), partial = bounds, True
         meta, chunks = archive.open_range(target.container, target.name, start, stop)
-        etag = _etag(meta)
+        etag = etag_of(meta)
         if partial and not _if_range_holds(etag):  # not the file the client holds part of: all of it
             meta, chunks = archive.open_range(target.container, target.name)
             start, stop, partial = 0, None, False
@@ -178,16 +191,7 @@ def get_file(name: str) -> Response:
     except Exception as exc:  # noqa: BLE001 - mapped to the contract's errors, re-raised if unknown
         return _failure(exc)
 
-    def body() -> Iterator[bytes]:
-        if first:
-            yield first
-        served = len(first)
-        for chunk in chunks:
-            served += len(chunk)
-            yield chunk
-        metrics.BYTES.inc(served)
-
-    response = Response(body() if request.method != "HEAD" else b"", status=206 if partial else 200, mimetype=meta.content_type or "application/octet-stream", direct_passthrough=True)
+    response = Response(stream(first, chunks) if request.method != "HEAD" else b"", status=206 if partial else 200, mimetype=meta.content_type or "application/octet-stream", direct_passthrough=True)
     response.headers["Content-Length"] = str(stop - start)
     response.headers["Accept-Ranges"] = "bytes"
     response.set_etag(etag)
@@ -208,6 +212,6 @@ def get_meta(name: str) -> Response:
     except Exception as exc:  # noqa: BLE001
         return _failure(exc)
     return jsonify(
-        name=target.name, size=meta.size, content_type=meta.content_type or "application/octet-stream", etag=f'"{_etag(meta)}"',
+        name=target.name, size=meta.size, content_type=meta.content_type or "application/octet-stream", etag=f'"{etag_of(meta)}"',
         container=target.container, shard=target.shard, offset=member.offset if member else None,
     )

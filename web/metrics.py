@@ -26,6 +26,8 @@ LATENCY = Histogram("desq_http_request_seconds", "Time to the first byte of the 
 BYTES = Counter("desq_bytes_served_total", "File bytes sent")
 CACHE = Counter("desq_index_cache_total", "Container index lookups in the cache", ["result"])
 STORAGE = Counter("desq_storage_requests_total", "Requests sent to the archive storage", ["op"])
+S3_REQUESTS = Counter("desq_s3_requests_total", "S3 API requests answered, by S3 operation", ["operation", "status"])
+S3_LISTING = Counter("desq_s3_listing_storage_requests_total", "Storage requests made to list the S3 bucket", ["op"])
 
 metrics = Blueprint("metrics", __name__)
 
@@ -38,6 +40,14 @@ def _child(metric: Counter | Histogram, *values: str) -> Any:
 
 def storage_request(op: str) -> None:
     _child(STORAGE, op).inc()
+
+
+def s3_request(operation: str, status: int) -> None:
+    _child(S3_REQUESTS, operation, str(status)).inc()
+
+
+def s3_listing_request(op: str) -> None:
+    _child(S3_LISTING, op).inc()
 
 
 def cache_event(hit: bool) -> None:

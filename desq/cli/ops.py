@@ -48,7 +48,7 @@ def config(markdown: bool) -> None:
 @common_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--role", type=click.Choice(["files", "router"]), default="files", show_default=True)
+@click.option("--role", type=click.Choice(["files", "router", "s3"]), default="files", show_default=True)
 @needs_settings
 def serve(settings: Settings, host: str, port: int, role: str) -> None:
     """Run the web app with the development server (production: gunicorn, deploy/gunicorn.conf.py)."""
