@@ -1,0 +1,1 @@
+"""desq's read-only S3-compatible API: pure core (auth, listing, XML)."""
