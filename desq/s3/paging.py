@@ -136,7 +136,8 @@ def paginate(
 
     A day whose every key rolls up into one common prefix (``delimiter="/"`` at the top, say) is
     listed without loading its shards, as is a day only needed to tell that the page is
-    truncated: every container holds at least one member (a pack never writes an empty one).
+    truncated: a day's containers hold at least one member (a pack never writes an empty one;
+    should a DES v1 container hold only deleted members, the worst is an empty last page).
     """
     check_args(prefix, delimiter, after, max_keys)
     out = _Out(max_keys)
