@@ -353,6 +353,13 @@ def s3_get(quick: bool, **_: Any) -> Result:
     return r
 
 
+def s3_listing(quick: bool, **_: Any) -> Result:
+    """Listing a day of 100k files through the S3 API's lister, cold and warm (bench/s3_listing.py)."""
+    from s3_listing import listing_day
+
+    return listing_day(quick)
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "pack 0.5-8 KiB files from local disk": pack_vs_tar,
     "pack the same from an S3 source": pack_from_s3,
@@ -367,6 +374,7 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "big member packed and served": big_member,
     "through the router vs direct": router,
     "S3 GetObject vs files API GET on the same files": s3_get,
+    "S3 listing: a day of 100k files": s3_listing,
 }
 
 
