@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from desq.s3.listing import encode_token
+from desq.s3.tokens import encode_token
 from desq.storage.local import LocalStorage
 from s3_fixtures import ACCESS_KEY, CREDENTIALS, SECRET_KEY, Server, fill, sample_files, snapshot
 

@@ -25,10 +25,12 @@ from desq.container import ChecksumMismatch, ContainerError, MemberNotFound
 from desq.files import FileService, FilesError
 from desq.layout import yyyymmdd
 from desq.s3 import xml
-from desq.s3.listing import Lister, Page, decode_token, encode_token
+from desq.s3.listing import Lister, ListingError
+from desq.s3.paging import Page
 from desq.s3.requests import READS, WRITES, Operation, S3Error, byte_range, decide, listing_after, preconditions
 from desq.s3.sigv4 import STATUS as AUTH_STATUS
 from desq.s3.sigv4 import AuthError
+from desq.s3.tokens import decode_token, encode_token
 from desq.settings import Settings
 from desq.storage import NotFound, StorageError
 from web import metrics
@@ -169,6 +171,9 @@ def _failure(exc: Exception) -> S3Error:
     if isinstance(exc, (ChecksumMismatch, ContainerError)):
         current_app.logger.error("integrity error: %s", exc)
         return S3Error("InternalError", "The stored object failed its checksum; no bytes were sent.")
+    if isinstance(exc, ListingError):
+        current_app.logger.error("listing failed: %s", exc)
+        return S3Error("InternalError", "A container of this listing cannot be read; no partial listing is sent.")
     if isinstance(exc, StorageError):
         current_app.logger.warning("storage unavailable: %s", exc)
         return S3Error("ServiceUnavailable", "The archive storage did not answer; please try again.")

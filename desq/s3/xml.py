@@ -17,7 +17,7 @@ from urllib.parse import quote
 from desq.s3.requests import ListParams
 
 if TYPE_CHECKING:
-    from desq.s3.listing import Page
+    from desq.s3.paging import Page
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
