@@ -312,3 +312,5 @@ class SourceConformance:
         assert table.path_of("5", date(2025, 11, 21)) == "live/5.pdf"
         assert table.path_of("5", date(2025, 11, 22)) is None and table.path_of("6", date(2025, 11, 21)) is None
         assert table.path_of("x5", date(2025, 11, 21)) is None and table.path_of("٥", date(2025, 11, 21)) is None
+        for huge in ("9223372036854775807", "9223372036854775808", "9" * 40):  # no integer column holds these
+            assert table.path_of(huge, date(2025, 11, 21)) is None

@@ -296,6 +296,30 @@ def test_the_night_removes_leases_expired_longer_than_a_lease_period(site: Site)
         just_expired.check()  # its row is gone: the killed packer can never publish
 
 
+def test_a_lease_removed_while_being_taken_is_taken(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expired row removed (by a night's finish or recover) between acquire's INSERT and its
+    UPDATE: the UPDATE matches nothing, and the lease, free, must still be taken (not "busy")."""
+    from desq.pipeline import lease as lease_module
+
+    leases = Deployment(site.settings).leases
+    assert leases.acquire("pack:x", "killed-packer", 0.001) is not None
+    threading.Event().wait(0.01)
+    update = lease_module.sa.update
+    removed = []
+
+    def update_after_removal(table: sa.Table) -> sa.Update:
+        if not removed:
+            with site.engine.begin() as conn:
+                removed.append(conn.execute(sa.text("DELETE FROM desq_lease WHERE key = 'pack:x'")).rowcount)
+        return update(table)
+
+    monkeypatch.setattr(lease_module.sa, "update", update_after_removal)
+    taken = leases.acquire("pack:x", "a-packer", 60)
+    assert removed == [1] and taken is not None
+    taken.check()
+    assert leases.acquire("pack:x", "another-packer", 60) is None  # and now it is held
+
+
 @pytest.mark.integration
 def test_packers_starting_together_both_create_desqs_tables(pg_url: str) -> None:
     """Regression: two packers' first Leases() on a fresh database raced in CREATE TABLE, and the

@@ -125,6 +125,40 @@ def test_an_unsatisfiable_range(server: Server) -> None:
     assert code(*send(server, target, headers)) == "InvalidRange"
 
 
+@pytest.mark.parametrize("prefix", ["../x", "a//b", "a\\b/", "\x01/", "/", "20251120X", "2025-11", "..", "20251120/../"])
+@pytest.mark.parametrize("version", ["list-type=2&", ""])
+def test_a_prefix_no_key_can_have_lists_nothing(server: Server, prefix: str, version: str) -> None:
+    target = f"/desq?{version}prefix={quote(prefix, safe='')}"
+    status, body = send(server, target, sign(server, "GET", target))
+    assert status == 200, body[:300]
+    assert ET.fromstring(body).find("{http://s3.amazonaws.com/doc/2006-03-01/}Contents") is None
+
+
+@pytest.mark.parametrize(("spec", "status", "length"), [
+    ("bytes=" + "9" * 5000 + "-", 416, None),
+    ("bytes=-" + "9" * 5000, 206, "all"),
+    ("bytes=0-" + "9" * 5000, 206, "all"),
+    ("bytes=" + "9" * 20 + "-" + "9" * 21, 416, None),
+])
+def test_range_numbers_of_any_length(server: Server, spec: str, status: int, length: str | None) -> None:
+    target = "/desq/20251120/20251120_1"
+    whole = send(server, target, sign(server, "GET", target))[1]
+    got, body = send(server, target, sign(server, "GET", target) | {"Range": spec})
+    assert got == status, body[:300]
+    if length == "all":
+        assert body == whole
+    else:
+        assert code(got, body) == "InvalidRange"
+
+
+@pytest.mark.parametrize("date", ["Fri, 31 Dec 9999 23:59:59 -0100", "Mon, 01 Jan 0001 00:00:00 +2359", "not a date", "99991231T235959Z"])
+def test_a_date_header_at_the_edge_of_time(server: Server, date: str) -> None:
+    credential = f"{ACCESS_KEY}/99991231/us-east-1/s3/aws4_request"
+    headers = {"Authorization": f"AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders=host;x-amz-content-sha256, Signature={'0' * 64}",
+               "Date": date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    assert code(*send(server, "/desq", headers)) in ("AccessDenied", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed")
+
+
 def test_bad_signatures(server: Server) -> None:
     target = "/desq/20251120/20251120_1"
     assert code(*send(server, target)) == "AccessDenied"

@@ -102,17 +102,22 @@ class Leases:
         now = _now()
         expires = now + timedelta(seconds=ttl)
         token = secrets.randbits(62)
-        try:
+        for _ in range(2):  # the second pass: an expired row was removed between our INSERT and UPDATE
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.insert(LEASE).values(key=key, holder=holder, token=token, expires_at=expires))
+                return Lease(self, key, holder, token, ttl)
+            except IntegrityError:
+                pass
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(LEASE).values(key=key, holder=holder, token=token, expires_at=expires))
-            return Lease(self, key, holder, token, ttl)
-        except IntegrityError:
-            pass
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                sa.update(LEASE).where(LEASE.c.key == key, LEASE.c.expires_at < now).values(holder=holder, token=token, expires_at=expires)
-            ).rowcount
-        return Lease(self, key, holder, token, ttl) if taken else None
+                taken = conn.execute(
+                    sa.update(LEASE).where(LEASE.c.key == key, LEASE.c.expires_at < now).values(holder=holder, token=token, expires_at=expires)
+                ).rowcount
+                if taken:
+                    return Lease(self, key, holder, token, ttl)
+                if conn.execute(sa.select(LEASE.c.key).where(LEASE.c.key == key)).first() is not None:
+                    return None  # held, and not expired
+        return None
 
     def _renew(self, key: str, token: int, ttl: float) -> bool:
         now = _now()

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 LOAD_THREADS = 16
 """Containers of one day whose names are read at the same time (cold pages)."""
 _DAY_KEY = re.compile(r"[0-9]{8}/")
+_DAY_START = re.compile(r"[0-9]{0,8}")
+"""What a prefix shorter than ``YYYYMMDD/`` must be for any key to match it."""
 
 
 class ListingError(DesqError):
@@ -125,7 +127,7 @@ class Lister:
     def page(self, prefix: str = "", delimiter: str | None = None, after: str = "", max_keys: int = MAX_KEYS) -> Page:
         """The first ``max_keys`` entries after ``after`` (see ``desq.s3.paging``)."""
         check_args(prefix, delimiter, after, max_keys)
-        if max_keys == 0 or (len(prefix) >= DAY and not _DAY_KEY.match(prefix)):
+        if max_keys == 0 or not (_DAY_KEY.match(prefix) if len(prefix) >= DAY else _DAY_START.fullmatch(prefix)):
             return Page([], [], False, None)  # no key can match: read nothing
         counted = 0
         lock = threading.Lock()

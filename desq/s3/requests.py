@@ -228,6 +228,13 @@ def preconditions(headers: Mapping[str, str], etag: str, last_modified: datetime
 
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_HUGE = 1 << 63
+
+
+def _offset(digits: str) -> int:
+    """A range's number; one of over 19 digits is past any object (and never handed to ``int``,
+    which refuses strings of over 4,300 digits)."""
+    return int(digits) if len(digits) <= 19 else _HUGE
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -240,16 +247,16 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, last = match.group(1), match.group(2)
     if not first:
-        suffix = int(last)
+        suffix = _offset(last)
         if suffix == 0 or size == 0:
             raise _unsatisfiable(size)
         return max(0, size - suffix), size
-    start = int(first)
-    if last and int(last) < start:
+    start = _offset(first)
+    if last and _offset(last) < start:
         return None
     if start >= size:
         raise _unsatisfiable(size)
-    return start, min(size, int(last) + 1) if last else size
+    return start, min(size, _offset(last) + 1) if last else size
 
 
 def _unsatisfiable(size: int) -> S3Error:

@@ -299,9 +299,12 @@ def _header_date(headers: Mapping[str, str]) -> tuple[str, datetime]:
                 when = None
             if when is not None and when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
+    try:
+        when = when.astimezone(timezone.utc) if when is not None else None
+    except (OverflowError, ValueError):
+        when = None  # an offset that carries the time past year 9999 or before year 1
     if when is None:
         raise AuthError("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
-    when = when.astimezone(timezone.utc)
     return when.strftime("%Y%m%dT%H%M%SZ"), when
 
 

@@ -215,6 +215,8 @@ class SourceTable:
             if not uid.isascii() or not uid.isdigit():
                 return None
             key = int(uid)
+            if key >= 1 << 63:
+                return None  # no integer column holds it: asking the database would be an error
         query = sa.select(c.path, self.created_read).where(c.id == key, self.day_range(day, day)).limit(2)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
