@@ -92,6 +92,7 @@ def test_boto3_gets_heads_and_presigns(server: Server) -> None:
     for _ in range(2):  # a presigned URL serves until it expires
         answer = requests.get(url, timeout=30)
         assert (answer.status_code, answer.content) == (200, b"odd name")
+    assert "X-Amz-Signature" not in server.log_path.read_text(errors="replace")  # no query string is logged
     assert refused(lambda: s3.get_object(Bucket="desq", Key="20251121/nope")) == ("NoSuchKey", 404)
     assert refused(lambda: s3.list_objects_v2(Bucket="other")) == ("NoSuchBucket", 404)
 

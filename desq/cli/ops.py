@@ -53,8 +53,9 @@ def config(markdown: bool) -> None:
 def serve(settings: Settings, host: str, port: int, role: str) -> None:
     """Run the web app with the development server (production: gunicorn, deploy/gunicorn.conf.py)."""
     from web import create_app
+    from web.dev_server import QueryFreeHandler
 
-    create_app(settings, role=role).run(host=host, port=port, threaded=True)
+    create_app(settings, role=role).run(host=host, port=port, threaded=True, request_handler=QueryFreeHandler)
 
 
 @main.command()
