@@ -138,6 +138,32 @@ class StorageConformance:
         assert [o.key for o in storage.list("nothing/")] == []
         assert len(list(storage.list())) == 5 and all(o.size == 1 for o in storage.list())
 
+    def test_folders_are_the_distinct_top_level_folders_sorted(self, storage: Storage) -> None:
+        for key in ("20251121/00.des", "20251120/FE.des", "20251120/01.des", "20251120/FE.des.big/ab", "a/x", "a-b/x", "ab/c/d/e",
+                    "other/x", "top.des", "20251122", "zażółć/空"):
+            storage.put(key, b"x")
+        everything = ["20251120", "20251121", "a", "a-b", "ab", "other", "zażółć"]  # by name: "a-b/x" sorts before "a/x"
+        for prefix, want in [("", everything), ("2025112", ["20251120", "20251121"]), ("20251120", ["20251120"]), ("a", ["a", "a-b", "ab"]),
+                             ("a-", ["a-b"]), ("top", []), ("top.des", []), ("20251122", []), ("nothing", []), ("zaż", ["zażółć"]),
+                             ("a/", ["a"]), ("a/x", ["a"]), ("a/y", []), ("ab/c/", ["ab"]), ("20251120/F", ["20251120"]), ("20251120/X", [])]:
+            got = list(storage.folders(prefix))
+            assert got == want, prefix
+            assert got == list(Storage.folders(storage, prefix)), prefix  # the backend's own way agrees with the default one
+        assert list(storage.folders()) == everything
+
+    def test_folders_hold_committed_objects_only(self, storage: Storage) -> None:
+        storage.put("20251120/FE.des", b"x")
+        upload = storage.open_upload("20251121/00.des")
+        upload.write(os.urandom(6 * MiB))  # more than one S3 part: the server holds it now
+        assert list(storage.folders()) == ["20251120"]  # an upload in progress is no object yet
+        upload.commit()
+        assert list(storage.folders()) == ["20251120", "20251121"]
+        storage.delete("20251121/00.des")
+        with storage.open_upload("20251122/00.des") as aborted:
+            aborted.write(b"partial")
+            aborted.abort()
+        assert list(storage.folders()) == ["20251120"] == list(Storage.folders(storage))
+
     def test_unicode_keys(self, storage: Storage) -> None:
         storage.put("20251120/zażółć 空.des", b"u")
         assert storage.read("20251120/zażółć 空.des", 0, 1) == b"u"

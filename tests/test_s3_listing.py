@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -143,7 +146,7 @@ def test_a_delimiter_gives_one_prefix_per_day_reading_no_names(tmp_path: Path) -
     storage, _ = archive(tmp_path)
     lister = Lister(storage, NAME)
     assert lister.page(delimiter="/").common_prefixes == ["20251119/", "20251120/", "20260101/"]
-    assert [r for r in storage.requests if not r.startswith("list")] == []
+    assert list(storage.requests) == ["folders "]  # which days exist, and no names
     storage.requests.clear()
     got, pages = walk(lister, 1, delimiter="/")
     assert got == ["20251119/", "20251120/", "20260101/"] and [p.truncated for p in pages] == [True, True, False]
@@ -198,8 +201,74 @@ def test_request_counts_cold_and_warm(tmp_path: Path) -> None:
     assert cold.requests == 1 + 256 and seen.count("suffix") == 256 and seen.count("list") == 1
     warm = lister.page(prefix="20251120/", after=cold.next_after or "")
     assert warm.requests == 1 and warm.entries[0].key > cold.entries[-1].key
-    assert lister.page().requests == 1  # which days exist, with their containers: no names to read
+    assert lister.page().requests == 2  # which days exist, then the day's containers: no names to read
     assert lister.page().requests == 1  # the days are kept: the day's containers
+
+
+SHORT = ["", "2", "20", "202", "2025", "20251", "202511", "2025112", "20251120", "20251119", "2026", "20260101", "1", "3", "x", "_", "_desq", "2025113"]
+"""Prefixes shorter than a day: cuts of the days, of no day, and of the objects that are no day."""
+
+
+def folder_listings(storage: CountingStorage) -> list[str]:
+    """The storage requests that read which days exist (or, before, everything under a short prefix)."""
+    return [r for r in storage.requests if r.startswith("folders") or (r.startswith("list") and len(r) < len("list ") + 9)]
+
+
+def test_which_days_exist_is_one_folders_listing_for_every_short_prefix(tmp_path: Path) -> None:
+    storage, expected = archive(tmp_path)
+    now = [0.0]
+    lister = Lister(storage, NAME, days_ttl=30, clock=lambda: now[0])
+    top = lister.page(delimiter="/")
+    assert top.common_prefixes == ["20251119/", "20251120/", "20260101/"] and top.requests == 1
+    assert lister.page(delimiter="/").requests == 0
+    asked = SHORT + [f"{c}{d}" for c in "0123456789" for d in "0123456789"][:60] + [f"y{i}" for i in range(10)]
+    assert len(set(asked)) > 65  # more than the old per-prefix cache held
+    for _ in range(2):
+        for prefix in asked:
+            for delimiter in (None, "/", "1"):
+                got, pages = walk(lister, 4, prefix=prefix, **({"delimiter": delimiter} if delimiter else {}))
+                assert got == model(expected, prefix, delimiter), (prefix, delimiter)
+    assert folder_listings(storage) == ["folders "]  # one for all of them, within days_ttl
+    assert all(len(r) >= len("list ") + 9 for r in storage.requests if r.startswith("list"))  # the rest: one day each
+    storage.put("20260102/0.des", build([("20260102_1", b"n")]))
+    now[0] = 29.9
+    assert lister.page(prefix="2026", delimiter="/").common_prefixes == ["20260101/"] and len(folder_listings(storage)) == 1
+    now[0] = 30
+    assert lister.page(prefix="2026", delimiter="/").common_prefixes == ["20260101/", "20260102/"]
+    assert lister.page(prefix="20", delimiter="/").requests == 0 and len(folder_listings(storage)) == 2
+
+
+def test_pages_at_once_share_one_reading_of_the_days(tmp_path: Path) -> None:
+    storage, _ = archive(tmp_path)
+
+    class Slow(CountingStorage):
+        def folders(self, prefix: str = "") -> Iterator[str]:
+            time.sleep(0.2)
+            return super().folders(prefix)
+
+    slow = Slow(storage.inner)
+    lister = Lister(slow, NAME)
+    with ThreadPoolExecutor(8) as pool:
+        pages = list(pool.map(lambda p: lister.page(prefix=p, delimiter="/"), ["", "2", "20", "2025", "202511", "2026", "", "1"]))
+    assert [len(p.common_prefixes) for p in pages] == [3, 3, 3, 2, 2, 1, 3, 0]
+    assert list(slow.requests) == ["folders "]
+
+
+def test_a_day_folder_without_containers_lists_no_keys(tmp_path: Path) -> None:
+    storage, expected = archive(tmp_path)
+    for leftover in ("20251121/0.des.staging-1f", "20251122/readme.txt", "20251123/0.des.big/ab/cd", "20260102/_desq.json", "29991231/x"):
+        storage.put(leftover, b"not a container")
+    lister = Lister(storage, NAME)
+    for max_keys in (1, 2, 3, 7, 1000):
+        for prefix in ("", "2025112", "20251121/", "2026", "2999"):
+            got, pages = walk(lister, max_keys, prefix=prefix)
+            assert got == model(expected, prefix), (max_keys, prefix)
+            assert all(len(p.entries) == max_keys for p in pages[:-1])  # at worst a last page is empty
+    assert lister.page(prefix="20251121/") == replace(Page([], [], False, None), requests=1)
+    assert lister.page(prefix="20251121/", delimiter="/").common_prefixes == []
+    empty_days = ["20251121/", "20251122/", "20251123/", "20260102/", "29991231/"]  # only a day's listing could tell
+    got, pages = walk(lister, 2, delimiter="/")
+    assert got == sorted(model(expected, delimiter="/") + empty_days) and sum(p.requests for p in pages) == 0
 
 
 def test_a_replaced_container_is_read_again(tmp_path: Path) -> None:
@@ -341,8 +410,33 @@ def test_listing_on_s3_storage(s3_endpoint: str, s3_bucket: str) -> None:
     lister = Lister(storage, NAME)
     got, pages = walk(lister, 17)
     assert got == sorted(expected, key=str.encode)
-    assert pages[0].requests == 1 + 4  # the listing, then the first day's four containers
+    assert pages[0].requests == 1 + 1 + 4  # the days, the first day's listing, then its four containers
     assert sum(r.startswith("suffix") for r in storage.requests) == 8  # each container read once
     assert sum(p.requests for p in pages) == len(storage.requests) and all(p.requests <= 2 + 4 for p in pages)
     assert lister.page(prefix="20251120/", after="20251120/20251120_5", max_keys=3).requests == 1
     assert lister.page(delimiter="/").common_prefixes == ["20251119/", "20251120/"]
+
+
+@pytest.mark.integration
+def test_which_days_exist_is_one_delimiter_request_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
+    from desq.storage.s3 import S3Storage
+
+    s3 = S3Storage(f"s3://{s3_bucket}/desq", endpoint_url=s3_endpoint)
+    layout = Layout(mode="name", shard_bits=8, queue_count=1, zone=ZONE)
+    days = ["20251119", "20251120", "20251121", "20260101"]
+    blob = build([("x_1", b"a")])
+    with ThreadPoolExecutor(16) as pool:  # 1,024 containers: a full listing would take two requests
+        list(pool.map(lambda key: s3.put(key, blob), [container_key(parse_yyyymmdd(d), shard, 8) for d in days for shard in range(256)]))
+    s3.put("20251122/00.des.staging-9", b"partial")
+    s3.put("_desq/cutoff.json", b"{}")
+    sent: list[str] = []
+    s3.client.meta.events.register("before-send.s3.ListObjectsV2", lambda request, **_: sent.append(request.url))
+    lister = Lister(s3, layout)
+    assert lister.page(delimiter="/").common_prefixes == [f"{d}/" for d in days[:3]] + ["20251122/", "20260101/"]
+    assert len(sent) == 1 and "delimiter=%2F" in sent[0]
+    for prefix in ["2", "20", "202511", "2025112", "20251120", "2026", "1"] + [f"x{i}" for i in range(64)]:
+        assert lister.page(prefix=prefix, delimiter="/").requests == 0
+    assert lister.page(prefix="202511", delimiter="/").common_prefixes == [f"{d}/" for d in days[:3]] + ["20251122/"]
+    page = lister.page(prefix="2025112", max_keys=3)
+    assert [e.key for e in page.entries] == ["20251120/x_1", "20251121/x_1"] and not page.truncated
+    assert len(sent) == 1 + 3  # then one listing of each day 2025112x: 20251122 holds no container

@@ -9,7 +9,7 @@ import pytest
 
 from desq.settings import load_settings
 from desq.storage import Storage, open_storage, storage_for
-from desq.storage.local import LocalStorage
+from desq.storage.local import TEMP_PREFIX, LocalStorage
 from desq.storage.s3 import S3Storage
 from storage_conformance import StorageConformance
 
@@ -72,3 +72,24 @@ def test_s3_recent_uploads_are_spared(aws_env: None) -> None:
         stub.add_response("abort_multipart_upload", {}, {"Bucket": "abc", "Key": "pfx/old", "UploadId": "u1"})
         assert storage.abort_stale_uploads(3600) == 1
         stub.assert_no_pending_responses()
+
+
+def test_local_folders_keep_the_rules_of_list(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "a")
+    assert list(storage.folders()) == []  # no root yet
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.des").write_bytes(b"x")
+    storage.put("20251120/FE.des", b"x")
+    (tmp_path / "a" / "20251121").symlink_to(tmp_path / "outside")  # a link to a folder is not walked by list either
+    (tmp_path / "a" / "20251122").mkdir()
+    (tmp_path / "a" / "20251122" / "x.des").symlink_to(tmp_path / "outside" / "x.des")  # a link out of the root
+    (tmp_path / "a" / f"{TEMP_PREFIX}1-20251123").mkdir()
+    (tmp_path / "a" / f"{TEMP_PREFIX}1-20251123" / "x.des").write_bytes(b"x")
+    (tmp_path / "a" / "back\\slash").mkdir()
+    (tmp_path / "a" / "back\\slash" / "x.des").write_bytes(b"x")
+    (tmp_path / "a" / "20251124").mkdir()  # left empty
+    assert [o.key for o in storage.list()] == ["20251120/FE.des"]
+    assert list(storage.folders()) == ["20251120"] == list(Storage.folders(storage))
+    assert list(storage.folders("2025112")) == ["20251120"] and list(storage.folders("20251121")) == []
+    file_root = LocalStorage(tmp_path / "outside" / "x.des")
+    assert list(file_root.folders()) == [] == list(file_root.list())

@@ -169,6 +169,7 @@ OPERATIONS: dict[str, Callable[[S3Storage], object]] = {
     "read_suffix": lambda s: s.read_suffix(KEY, 100),
     "head": lambda s: s.head(KEY),
     "list": lambda s: list(s.list()),
+    "folders": lambda s: list(s.folders()),
     "put": lambda s: s.put("20251120/new.des", b"x" * 1000),
 }
 

@@ -11,10 +11,12 @@ Storage requests of one page (``Page.requests``), for a day of S shards:
   per 1,000 objects), so a replaced container is seen by its new ETag;
 - cold, each container costs one suffix read (its NAMES and INDEX are in the last 64 KiB up to
   about 1,500 members), up to three for bigger ones; S reads for the first page of a day;
-- warm, the names are cached by (container key, ETag): a page costs the one listing, or none
-  when its every entry is a common prefix of whole days (``delimiter=/`` at the top), which
-  needs only which days exist: that is read with one listing under the prefix and kept
-  ``days_ttl`` seconds (days appear once a night).
+- warm, the names are cached by (container key, ETag): a page costs the listing of each day it
+  reads, or none when its every entry is a common prefix of whole days (``delimiter=/`` at the
+  top), which needs only which days exist: for every prefix shorter than a day that is one list
+  of the archive's top-level folders (``Storage.folders``: a request per 1,000 days), read again
+  every ``days_ttl`` seconds (days appear once a night). A day folder that holds no container
+  yet (the staging object of its first pack) is listed as a common prefix with no key under it.
 
 ``last_modified`` of a listed key is the start of its day in the layout's timezone: the exact
 ``created_at`` is in each member's frame head, which a listing would have to read member by
@@ -29,11 +31,13 @@ import logging
 import re
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
+from itertools import islice, takewhile
 
 from desq.archive import StorageSource
 from desq.container import ContainerError, open_container
@@ -121,7 +125,8 @@ class Lister:
         self._clock = clock
         self._container = re.compile(rf"([0-9]{{8}})/([0-9A-F]{{{shard_width(layout.shard_bits)}}})\.des")
         self._names = _NamesCache(cache_bytes)
-        self._days: dict[str, tuple[float, list[str]]] = {}
+        self._days: tuple[float, list[str]] | None = None
+        """When every day was last read, and the days (sorted)."""
         self._lock = threading.Lock()
 
     def page(self, prefix: str = "", delimiter: str | None = None, after: str = "", max_keys: int = MAX_KEYS) -> Page:
@@ -180,20 +185,15 @@ class Lister:
                 yield day, lambda day=day: self._shards(storage, self._containers(storage.list(day + "/")).get(day, []))
 
     def _day_list(self, storage: Storage, prefix: str) -> tuple[list[str], dict[str, list[ObjectInfo]] | None]:
-        """The days under a prefix shorter than a day, kept ``days_ttl`` seconds; with the
-        containers found when they were listed just now (else None: list a day when needed)."""
-        now = self._clock()
-        with self._lock:
-            hit = self._days.get(prefix)
-        if hit is not None and now - hit[0] < self.days_ttl:
-            return hit[1], None
-        found = self._containers(storage.list(prefix))
-        days = sorted(found)
-        with self._lock:
-            if len(self._days) >= 64:
-                self._days.clear()
-            self._days[prefix] = (now, days)
-        return days, found
+        """The days under a prefix shorter than a day, from the one list of every day (its
+        top-level folders, read again every ``days_ttl`` seconds); None: list a day when needed."""
+        with self._lock:  # one reading at a time: threads arriving meanwhile use it
+            now = self._clock()
+            if self._days is None or now - self._days[0] >= self.days_ttl:
+                self._days = (now, sorted(day for day in storage.folders("") if _is_day(day)))
+            days = self._days[1]
+        at = bisect_left(days, prefix)
+        return list(takewhile(lambda day: day.startswith(prefix), islice(days, at, None))), None
 
     def _shards(self, storage: Storage, infos: Sequence[ObjectInfo]) -> list[Shard]:
         shards: list[Shard | None] = [self._names.get(info.key, info.etag) for info in infos]
@@ -229,3 +229,12 @@ class Lister:
     def _day_start(self, day: str) -> datetime:
         start = parse_yyyymmdd(day)
         return datetime(start.year, start.month, start.day, tzinfo=self.layout.zone).astimezone(timezone.utc)
+
+
+def _is_day(folder: str) -> bool:
+    """Whether a top-level folder is named for a day (8 digits, a real date)."""
+    try:
+        parse_yyyymmdd(folder)
+    except LayoutError:
+        return False
+    return True

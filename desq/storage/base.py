@@ -97,6 +97,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def top_folder(key: str) -> str | None:
+    """The first part of ``key`` when it has more (``20251120`` for ``20251120/FE.des``), else None."""
+    folder, slash, _ = key.partition("/")
+    return folder if slash and folder else None
+
+
 def join_key(folder_of: str, relative: str) -> str:
     """``relative`` resolved against the folder of the key ``folder_of`` (``a/b.des`` + ``x`` = ``a/x``)."""
     check_key(relative)
@@ -172,6 +178,12 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every committed object whose key starts with ``prefix``, in key order."""
+
+    def folders(self, prefix: str = "") -> Iterator[str]:
+        """Each distinct ``<folder>`` of the committed keys ``<folder>/<rest>`` that start with
+        ``prefix``, once, sorted by name: S3's top-level CommonPrefixes (``Delimiter="/"``)
+        without their ``/``. Objects at the top level are no folders."""
+        yield from sorted({folder for info in self.list(prefix) if (folder := top_folder(info.key)) is not None})
 
     @abstractmethod
     def uploads(self) -> Iterator[PendingUpload]:

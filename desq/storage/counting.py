@@ -19,8 +19,8 @@ class CountingStorage(Storage):
         """The latest requests, for tests and debugging (bounded: a server runs for months)."""
         self._on_request = on_request
 
-    def _note(self, op: str, key: str) -> None:
-        self.requests.append(f"{op} {key}")
+    def _note(self, op: str, key: str, request: str | None = None) -> None:
+        self.requests.append(f"{request or op} {key}")
         if self._on_request is not None:
             self._on_request(op)
 
@@ -55,6 +55,10 @@ class CountingStorage(Storage):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         self._note("list", prefix)
         return self.inner.list(prefix)
+
+    def folders(self, prefix: str = "") -> Iterator[str]:
+        self._note("list", prefix, "folders")  # a listing, for the metric; recorded as what it was
+        return self.inner.folders(prefix)
 
     def uploads(self) -> Iterator[PendingUpload]:
         self._note("uploads", "")

@@ -199,21 +199,43 @@ class LocalStorage(Storage):
         start = self.root.joinpath(*folder.split("/")) if folder else self.root
         if folder:
             check_key(folder)
-        found = []
+        for key in sorted(key for key in self._walk(start) if key.startswith(prefix)):
+            stat = self._stat(key)
+            if stat is not None:
+                yield _info(key, stat)
+
+    def folders(self, prefix: str = "") -> Iterator[str]:
+        """One scan of the root; a folder counts once it holds a committed object (not only
+        uploads in progress or empty folders), which is usually its first entry."""
+        head, slash, _ = prefix.partition("/")
+        matches = (lambda name: name == head) if slash else (lambda name: name.startswith(prefix))
+        try:
+            with os.scandir(self.root) as entries:
+                names = [e.name for e in entries if matches(e.name) and not e.name.startswith(TEMP_PREFIX) and e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list the folders of {self.url}: {_why(exc)}") from exc
+        for name in sorted(names):
+            if any(key.startswith(prefix) and self._stat(key) is not None for key in self._walk(self.root / name)):
+                yield name
+
+    def _walk(self, start: Path) -> Iterator[str]:
+        """The keys of the files under ``start``, unsorted, skipping uploads in progress (and
+        not following links to folders)."""
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
-                if name.startswith(TEMP_PREFIX):
-                    continue
-                key = name if rel == "." else f"{rel}/{name}"
-                if key.startswith(prefix):
-                    found.append(key)
-        for key in sorted(found):
-            try:
-                yield _info(key, self.path(key).stat())
-            except (FileNotFoundError, InvalidKey):
-                continue  # deleted while listing, or a link to outside the root
+                if not name.startswith(TEMP_PREFIX):
+                    yield name if rel == "." else f"{rel}/{name}"
+
+    def _stat(self, key: str) -> os.stat_result | None:
+        """The file of a listed key; None if it was deleted meanwhile or links outside the root."""
+        try:
+            return self.path(key).stat()
+        except (FileNotFoundError, InvalidKey):
+            return None
 
     def uploads(self) -> Iterator[PendingUpload]:
         if not self.root.is_dir():

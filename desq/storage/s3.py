@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from desq.storage.base import ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key
+from desq.storage.base import ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key, top_folder
 from desq.storage.s3_objects import TRANSIENT_BODY_ERRORS, S3Objects, s3_client, s3_error
 
 __all__ = ["MAX_PARTS", "PART_SIZE", "TRANSIENT_BODY_ERRORS", "S3Storage", "s3_client"]
@@ -143,6 +143,19 @@ class S3Storage(Storage):
                     yield ObjectInfo(key=item["Key"][len(base) :], size=item["Size"], etag=item["ETag"], modified=item.get("LastModified"))
         except (ClientError, BotoCoreError) as exc:
             raise s3_error(exc, f"listing {self.url}/{prefix}") from exc
+
+    def folders(self, prefix: str = "") -> Iterator[str]:
+        """One ``Delimiter="/"`` listing (a request per 1,000 folders and top-level objects)."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        found: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix, Delimiter="/"):
+                under = [p["Prefix"] for p in page.get("CommonPrefixes", [])] + [item["Key"] for item in page.get("Contents", [])]
+                found.update(folder for key in under if (folder := top_folder(key[len(base) :])) is not None)
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_error(exc, f"listing the folders of {self.url}/{prefix}") from exc
+        yield from sorted(found)
 
     def uploads(self) -> Iterator[PendingUpload]:
         base = f"{self.prefix}/" if self.prefix else ""
