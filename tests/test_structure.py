@@ -71,10 +71,10 @@ def test_a_range_past_the_end_is_still_a_corrupt_container() -> None:
     assert issubclass(RangeError, CorruptContainer) and issubclass(RangeError, ContainerError) and issubclass(RangeError, StorageError)
 
 
-@pytest.mark.parametrize("role", ["files", "router"])
+@pytest.mark.parametrize("role", ["files", "router", "s3"])
 @pytest.mark.parametrize("mode", ["name", "uid"])
 def test_the_read_side_loads_no_database_layer(tmp_path: Path, mode: str, role: str) -> None:
-    """Serving files (and the cutoff in uid mode), or routing them, loads nothing of desq's
+    """Serving files (and the cutoff in uid mode), routing them, or serving and listing them as S3, loads nothing of desq's
     database side; of SQLAlchemy only what the settings use to parse URLs."""
     script = textwrap.dedent(
         f"""
@@ -100,7 +100,8 @@ def test_the_read_side_loads_no_database_layer(tmp_path: Path, mode: str, role: 
             upload.commit()
         publish(storage, day)
         client = create_app(settings, role="{role}").test_client()
-        answers = [client.get(f"/files/{{name}}?created_at=2025-11-14").status_code, client.get("/readyz" if "{role}" == "files" else "/healthz").status_code, client.get("/metrics").status_code]
+        paths = {{"files": [f"/files/{{name}}?created_at=2025-11-14", "/readyz"], "router": [f"/files/{{name}}?created_at=2025-11-14", "/healthz"], "s3": [f"/desq/20251114/{{name}}", "/desq?list-type=2"]}}["{role}"]
+        answers = [client.get(path).status_code for path in paths] + [client.get("/metrics").status_code]
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("desq", "web"))
         reaching = sorted(
             m for m in loaded
@@ -116,7 +117,7 @@ def test_the_read_side_loads_no_database_layer(tmp_path: Path, mode: str, role: 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    assert result["answers"] == ([200, 200, 200] if role == "files" else [503, 200, 200])  # a router with no backends: 503
+    assert result["answers"] == ([503, 200, 200] if role == "router" else [200, 200, 200])  # a router with no backends: 503
     assert result["reaching"] == []
     database_side = [m for m in result["loaded"] if m.startswith(("desq.source", "desq.pipeline", "desq.state", "desq.cutoff", "desq.deployment"))]
     assert database_side == []
