@@ -12,9 +12,10 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -109,19 +110,11 @@ def check_all(targets: Sequence[str], one: Callable[[str], Checked], jobs: int =
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     pending: Iterator[str] = iter(targets)
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="verify") as pool:
-        window: deque[Future[Checked]] = deque(pool.submit(one, t) for t in _take(pending, 2 * jobs))
+        window: deque[Future[Checked]] = deque(pool.submit(one, t) for t in islice(pending, 2 * jobs))
         while window:
             result = window.popleft().result()
-            window.extend(pool.submit(one, t) for t in _take(pending, 1))
+            window.extend(pool.submit(one, t) for t in islice(pending, 1))
             yield result
-
-
-def _take(items: Iterator[str], n: int) -> Iterable[str]:
-    for _ in range(n):
-        item = next(items, None)
-        if item is None:
-            return
-        yield item
 
 
 @dataclass

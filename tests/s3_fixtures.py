@@ -3,7 +3,6 @@ gunicorn with ``deploy/gunicorn.conf.py``, on a free port, stopped by the test."
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -14,9 +13,6 @@ from pathlib import Path
 
 import requests
 
-from desq.container import ContainerWriter
-from desq.settings import load_settings
-from desq.storage import Storage
 from log_secrets import S3_SECRET_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,21 +35,6 @@ def sample_files() -> dict[str, tuple[bytes, str | None, datetime]]:
     files["20251121_a b+c&d"] = (b"odd name", None, DAY + timedelta(days=1, hours=2))
     files["20251121_empty"] = (b"", "application/octet-stream", DAY + timedelta(days=1, hours=3))
     return files
-
-
-def fill(storage: Storage, files: dict[str, tuple[bytes, str | None, datetime]]) -> None:
-    """Pack ``files`` (name mode, the default layout) into their containers on ``storage``."""
-    layout = load_settings(env={}).layout
-    by_key: dict[str, list[str]] = {}
-    for name in files:
-        by_key.setdefault(layout.locate_name(name).container, []).append(name)
-    for key, names in by_key.items():
-        out = io.BytesIO()
-        with ContainerWriter(out) as writer:
-            for name in names:
-                data, content_type, created = files[name]
-                writer.add(name, data, content_type=content_type, created_at=created)
-        storage.put(key, out.getvalue())
 
 
 def key_of(name: str) -> str:

@@ -7,7 +7,6 @@ HEAD, hostile names, a corrupted member; the storage requests of a warm read, re
 from __future__ import annotations
 
 import http.client
-import io
 import os
 import re
 import socket
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from desq.container import ContainerWriter
 from desq.settings import load_settings
 from desq.storage import Storage
 from desq.storage.local import LocalStorage
 from desq.storage.s3 import S3Storage
+from archives import pack
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -32,16 +31,7 @@ FILES = {"20251120_1": b"hello, archive\n", "20251120_42": os.urandom(2 * MiB + 
 
 
 def fill(storage: Storage) -> None:
-    layout = load_settings(env={}).layout
-    by_key: dict[str, list[str]] = {}
-    for name in FILES:
-        by_key.setdefault(layout.locate_name(name).container, []).append(name)
-    for key, names in by_key.items():
-        out = io.BytesIO()
-        with ContainerWriter(out) as w:
-            for name in names:
-                w.add(name, FILES[name], content_type="application/x-test")
-        storage.put(key, out.getvalue())
+    pack(storage, {name: (data, "application/x-test", None) for name, data in FILES.items()})
 
 
 def free_port() -> int:

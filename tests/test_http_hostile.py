@@ -17,7 +17,6 @@ traceback, and no answer carried the bytes of a file planted just outside the ar
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import socket
@@ -30,9 +29,9 @@ from urllib.parse import quote
 import pytest
 from des_v1_writer import V1Member, write_v1
 
-from desq.container import ContainerWriter
 from desq.settings import load_settings
 from desq.storage.local import LocalStorage
+from archives import pack
 from procs import children
 from test_router import Gunicorn
 
@@ -283,16 +282,7 @@ def all_cases() -> list[Case]:
 
 def _build(root: Path) -> None:
     storage = LocalStorage(root)
-    by_key: dict[str, list[str]] = {}
-    for name in MEMBERS:
-        by_key.setdefault(LAYOUT.locate_name(name).container, []).append(name)
-    for key, names in by_key.items():
-        out = io.BytesIO()
-        with ContainerWriter(out) as w:
-            for name in names:
-                data, kind = MEMBERS[name]
-                w.add(name, data, content_type=kind)
-        storage.put(key, out.getvalue())
+    pack(storage, {name: (data, kind, None) for name, (data, kind) in MEMBERS.items()})
     for name, data in V1_MEMBERS.items():
         storage.put(LAYOUT.locate_name(name).container, write_v1([V1Member(name, data, mime="text/plain")]))
 

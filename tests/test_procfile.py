@@ -23,6 +23,7 @@ from desq.layout import queue_names
 from desq.procfile import process_types, procfile
 from desq.settings import load_settings
 from procs import session_members
+from test_files_gunicorn import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -94,12 +95,6 @@ def _free_base() -> int:
     raise AssertionError("no free base port")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _status(url: str, headers: dict[str, str] | None = None) -> int:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
@@ -124,7 +119,7 @@ def _wait(what: str, check, seconds: float, log: Path) -> object:  # noqa: ANN00
 def test_the_procfile_for_10_bits_and_8_queues_starts_under_honcho(tmp_path: Path, redis_url: str) -> None:
     broker = redis_url.rsplit("/", 1)[0] + f"/{HONCHO_REDIS_DB}"
     Celery(broker=broker).connection_for_write().default_channel.client.flushdb()
-    base, flower_port = _free_base(), _free_port()
+    base, flower_port = _free_base(), free_port()
     config = tmp_path / "desq.toml"
     config.write_text(
         f'shard_bits = 10\nqueue_count = 8\ndata_dir = "{tmp_path / "data"}"\n'

@@ -16,7 +16,8 @@ from werkzeug.http import http_date
 from desq.container import ContainerWriter
 from desq.settings import load_settings
 from desq.storage.local import LocalStorage
-from s3_fixtures import fill, key_of, sample_files, snapshot
+from archives import pack
+from s3_fixtures import key_of, sample_files, snapshot
 from web import create_app
 
 FILES = sample_files()
@@ -25,7 +26,7 @@ NS = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
-    fill(LocalStorage(tmp_path / "archive"), FILES)
+    pack(LocalStorage(tmp_path / "archive"), FILES)
     return tmp_path / "archive"
 
 

@@ -20,7 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from desq.storage.local import LocalStorage
-from s3_fixtures import ACCESS_KEY, BIN, CREDENTIALS, OTHER_KEY, SECRET_KEY, Server, fill, key_of, s3fs_python, sample_files, snapshot
+from archives import pack
+from s3_fixtures import ACCESS_KEY, BIN, CREDENTIALS, OTHER_KEY, SECRET_KEY, Server, key_of, s3fs_python, sample_files, snapshot
 
 FILES = sample_files()
 KEYS = sorted((key_of(name) for name in FILES), key=lambda k: k.encode())
@@ -30,7 +31,7 @@ DAY2 = {key_of(n).split("/", 1)[1]: FILES[n][0] for n in FILES if n.startswith("
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("s3-archive") / "archive"
-    fill(LocalStorage(folder), FILES)
+    pack(LocalStorage(folder), FILES)
     return folder
 
 

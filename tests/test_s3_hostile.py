@@ -24,7 +24,8 @@ from botocore.credentials import Credentials
 
 from desq.s3.tokens import encode_token
 from desq.storage.local import LocalStorage
-from s3_fixtures import ACCESS_KEY, CREDENTIALS, SECRET_KEY, Server, fill, sample_files, snapshot
+from archives import pack
+from s3_fixtures import ACCESS_KEY, CREDENTIALS, SECRET_KEY, Server, sample_files, snapshot
 
 PLANTED = b"PLANTED-BESIDE-THE-ARCHIVE-91c2"
 
@@ -35,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (root / "SECRET").write_bytes(PLANTED)
     (root / "archive" / "20251120").mkdir(parents=True)
     (root / "archive" / "20251120" / "SECRET").write_bytes(PLANTED)
-    fill(LocalStorage(root / "archive"), sample_files())
+    pack(LocalStorage(root / "archive"), sample_files())
     before = snapshot(root)
     log = tmp_path_factory.mktemp("s3-hostile-log") / "gunicorn.log"
     running = Server("gunicorn", {"DESQ_ARCHIVE_URL": str(root / "archive"), "DESQ_S3_CREDENTIALS": CREDENTIALS}, log)

@@ -44,6 +44,7 @@ from desq.source.plan import mark_packed, name_rows_for, plan_names, plan_uids, 
 from desq.source.table import SourceError, SourceTable, create_engine
 from desq.storage import InvalidKey, NotFound, StorageError, check_key
 from desq.storage.local import LocalStorage
+from archives import pack
 from log_secrets import API_TOKENS, SECRETS, masked, needles, scan_file, scan_text, scan_tree
 from test_deploy import procfile
 
@@ -57,16 +58,7 @@ BODY = b"hello, archive\n"
 
 def archive_with(root: Path, files: dict[str, bytes]) -> Path:
     """Containers holding ``files`` (name mode, 8 bits) where the layout puts them."""
-    layout = load_settings(env={}).layout
-    by_key: dict[str, list[str]] = {}
-    for name in files:
-        by_key.setdefault(layout.locate_name(name).container, []).append(name)
-    for key, names in by_key.items():
-        out = io.BytesIO()
-        with ContainerWriter(out) as w:
-            for name in names:
-                w.add(name, files[name])
-        LocalStorage(root).put(key, out.getvalue())
+    pack(LocalStorage(root), {name: (data, None, None) for name, data in files.items()})
     return root
 
 

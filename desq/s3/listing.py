@@ -176,24 +176,20 @@ class Lister:
             for day, infos in found.items():
                 yield day, lambda infos=infos: self._shards(storage, infos)
             return
-        days, fresh = self._day_list(storage, prefix)
-        for day in days:
-            if fresh is not None:
-                infos = fresh.get(day, [])
-                yield day, lambda infos=infos: self._shards(storage, infos)
-            else:
-                yield day, lambda day=day: self._shards(storage, self._containers(storage.list(day + "/")).get(day, []))
+        for day in self._day_list(storage, prefix):
+            yield day, lambda day=day: self._shards(storage, self._containers(storage.list(day + "/")).get(day, []))
 
-    def _day_list(self, storage: Storage, prefix: str) -> tuple[list[str], dict[str, list[ObjectInfo]] | None]:
+    def _day_list(self, storage: Storage, prefix: str) -> list[str]:
         """The days under a prefix shorter than a day, from the one list of every day (its
-        top-level folders, read again every ``days_ttl`` seconds); None: list a day when needed."""
+        top-level folders, read again every ``days_ttl`` seconds); each day's containers are
+        listed when its keys are needed."""
         with self._lock:  # one reading at a time: threads arriving meanwhile use it
             now = self._clock()
             if self._days is None or now - self._days[0] >= self.days_ttl:
                 self._days = (now, sorted(day for day in storage.folders("") if _is_day(day)))
             days = self._days[1]
         at = bisect_left(days, prefix)
-        return list(takewhile(lambda day: day.startswith(prefix), islice(days, at, None))), None
+        return list(takewhile(lambda day: day.startswith(prefix), islice(days, at, None)))
 
     def _shards(self, storage: Storage, infos: Sequence[ObjectInfo]) -> list[Shard]:
         shards: list[Shard | None] = [self._names.get(info.key, info.etag) for info in infos]
