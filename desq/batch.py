@@ -2,11 +2,12 @@
 
 The entries are taken in the order asked, in windows whose members add up to at most ``budget``
 bytes. A window reads each of its containers' members with one ``read_members`` (adjacent frames
-in one request of at most ``budget`` bytes) and then hands them out in the order asked; a member
-larger than ``budget``, or one whose size the index cannot tell, is a window of its own and is
-streamed in checked chunks. So a batch holds about two windows of bytes whatever it asks for;
-containers are opened through the archive's index cache, so each is opened once (while it stays
-cached), and a container that failed is not asked again within the batch.
+in one request; a request also spans frame heads and tails and gaps of up to 64 KiB, so it is
+capped at twice the budget), then hands them out in the order asked. A member larger than
+``budget``, or one whose size the index cannot tell, is a window of its own and is streamed in
+checked blocks, ``budget`` bytes read at a time. So a batch holds about two windows of bytes
+whatever it asks for. Containers are opened through the archive's index cache, so each is opened
+once (while it stays cached), and one that failed is not asked again within the batch.
 
 ``desq.tarstream`` turns the results into the tar; ``web/batch.py`` into HTTP.
 """
@@ -30,8 +31,6 @@ MAX_BODY = 1 << 20
 """Largest request body read: 1000 entries of the longest names fit in a third of it."""
 GROUP_BYTES = 8 << 20
 """Bytes of members one window holds, and the largest read it makes."""
-CHUNK = 1 << 20
-"""Chunks a member streamed alone is read and sent in."""
 ERRORS_NAME = "errors.json"
 RESERVED = frozenset({".", "..", ERRORS_NAME})
 """Names (uids) that cannot be a tar member: an extractor would write them outside the file
@@ -200,11 +199,10 @@ def failure_of(exc: Exception) -> Failure:
 class BatchReader:
     """The results of one batch, in the order asked: ``(item, Served or Failure)``."""
 
-    def __init__(self, service: FileService, *, budget: int = GROUP_BYTES, chunk: int = CHUNK) -> None:
+    def __init__(self, service: FileService, *, budget: int = GROUP_BYTES) -> None:
         self.service = service
         self.archive = service.archive
         self.budget = budget
-        self.chunk = chunk
         self._cutoff = functools.cache(service.cutoff)  # read at most once per batch
         self._broken: dict[str, Failure] = {}
         self._down = 0
@@ -253,7 +251,7 @@ class BatchReader:
     def _stream(self, item: Item) -> Served | Failure:
         """A member alone: metadata and first chunk now (a failure is still an errors.json entry)."""
         try:
-            meta, chunks = self.archive.open_range(item.container, item.name, chunk_size=self.chunk)
+            meta, chunks = self.archive.open_range(item.container, item.name, chunk_size=self.budget)
             first = next(chunks, b"")
         except Exception as exc:  # noqa: BLE001
             return self._failed(exc)
@@ -263,7 +261,7 @@ class BatchReader:
     def _read_together(self, container: str, names: list[str]) -> dict[str, Served | Failure]:
         """Members of one container in coalesced reads; if that fails, each alone, for its own error."""
         try:
-            found = self.archive.read_members(container, names, max_merge=self.budget)
+            found = self.archive.read_members(container, names, max_merge=2 * self.budget)
         except (ContainerError, StorageError) as exc:
             if isinstance(exc, StorageError) and not isinstance(exc, NotFound):
                 failure = self._failed(exc)
