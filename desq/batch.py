@@ -23,6 +23,7 @@ from typing import Any
 
 from desq.container import ContainerError, MemberMeta, MemberNotFound
 from desq.files import BadRequest, FileService, FilesError
+from desq.mode import Mode
 from desq.storage import NotFound, StorageError
 
 MAX_ENTRIES = 1000
@@ -93,7 +94,7 @@ def _refuse_constant(name: str) -> None:
     raise BadRequest(f"{name} is not JSON")
 
 
-def parse_request(body: bytes, uid_mode: bool) -> list[Ask]:
+def parse_request(body: bytes, mode: Mode) -> list[Ask]:
     """The entries of a batch request body; BadRequest naming the first problem of its shape.
 
     Name mode: ``{"names": ["<name>", ...]}``; uid mode: ``{"files": [{"uid": "<uid>" or an
@@ -106,10 +107,11 @@ def parse_request(body: bytes, uid_mode: bool) -> list[Ask]:
         raise
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest(f"the request body is not JSON: {str(exc)[:200]}") from None
+    uid_mode = mode.takes_created_at
     key = "files" if uid_mode else "names"
     example = '{"files": [{"uid": ..., "created_at": "YYYY-MM-DD"}, ...]}' if uid_mode else '{"names": ["...", ...]}'
     if not isinstance(doc, dict) or set(doc) != {key}:
-        raise BadRequest(f"the request must be {example} (this archive is in {'uid' if uid_mode else 'name'} mode)")
+        raise BadRequest(f"the request must be {example} (this archive is in {mode.name} mode)")
     entries = doc[key]
     if not isinstance(entries, list) or not entries:
         raise BadRequest(f"{key!r} must be a non-empty list")

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import Any
 
 import urllib3
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import Counter
 
-from desq.batch import MAX_BODY, BatchReader, Failure, Item, Served, parse_request
+from desq.batch import MAX_BODY, MAX_ENTRIES, BatchReader, Failure, Item, Served, parse_request
 from desq.files import BadRequest
-from desq.layout import LayoutError
-from desq.mode import mode_for
+from desq.layout import MAX_NAME_BYTES, LayoutError
+from desq.mode import Mode, mode_for
 from desq.tarstream import tar_stream
 from web import metrics
 from web.errors import error_response
@@ -54,7 +55,7 @@ def read_body() -> bytes:
 def _asks() -> tuple[bytes, list] | Response:
     try:
         body = read_body()
-        return body, parse_request(body, current_app.extensions["desq.settings"].layout.mode == "uid")
+        return body, parse_request(body, mode_for(current_app.extensions["desq.settings"].layout))
     except BadRequest as exc:
         BATCHES.labels(status="400").inc()
         return error_response(400, "bad_request", str(exc))
@@ -80,6 +81,24 @@ def post_batch() -> Response:
     response.headers["Content-Disposition"] = 'attachment; filename="batch.tar"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def openapi_operation(mode: Mode) -> dict[str, Any]:
+    """``POST /batch`` in the OpenAPI document, its body as ``mode`` wants it."""
+    # Any string is a valid entry: one the layout cannot place is an errors.json entry, not a 400.
+    name = {"type": "string", "description": f"matching {mode.name_pattern()}, at most {MAX_NAME_BYTES} bytes; any other is reported in errors.json"}
+    if mode.takes_created_at:
+        entry = {"type": "object", "required": ["uid", "created_at"], "additionalProperties": False, "properties": {"uid": {"oneOf": [name, {"type": "integer"}]}, "created_at": {"type": "string", "description": "YYYY-MM-DD or ISO 8601"}}}
+        body = {"type": "object", "required": ["files"], "additionalProperties": False, "properties": {"files": {"type": "array", "items": entry, "minItems": 1, "maxItems": MAX_ENTRIES}}}
+    else:
+        body = {"type": "object", "required": ["names"], "additionalProperties": False, "properties": {"names": {"type": "array", "items": name, "minItems": 1, "maxItems": MAX_ENTRIES}}}
+    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "summary": "up to 1000 files as one tar stream, in the order asked, then errors.json",
+        "security": [{}, {"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"200": {"description": "a tar stream", "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}, "400": error, "401": error, "503": error},
+    }
 
 
 # --- the router ------------------------------------------------------------------------------
