@@ -22,6 +22,7 @@ from desq.container import ContainerWriter
 from desq.files import FileService
 from desq.published import publish
 from desq.settings import load_settings
+from desq.storage import Storage
 from desq.storage.counting import CountingStorage
 from desq.storage.local import LocalStorage
 from desq.tarstream import BatchAborted, tar_stream
@@ -217,10 +218,9 @@ def big_archive(root: Path, size: int, corrupt_at: int | None = None) -> tuple[L
     return storage, name, bytes(data)
 
 
-def service_on(storage: LocalStorage) -> tuple[FileService, CountingStorage]:
+def service_on(storage: Storage) -> tuple[FileService, CountingStorage]:
     counted = CountingStorage(storage)
-    settings = load_settings(env={"DESQ_ARCHIVE_URL": str(storage.root)})
-    return FileService(settings, Archive(counted)), counted
+    return FileService(load_settings(env={}), Archive(counted)), counted
 
 
 def test_a_member_failing_midway_stops_the_stream_and_sends_no_bad_bytes(tmp_path: Path) -> None:
@@ -315,6 +315,22 @@ def test_interleaved_containers_are_each_opened_once_and_read_together(tmp_path:
     members, errors = untar(b"".join(tar_stream(BatchReader(service).results([Ask(i, n) for i, n in enumerate(asked)]), timezone.utc)))
     assert [m.name for m, _ in members] == asked and errors == []
     assert sorted(r.split()[0] for r in counted.requests) == ["read", "read", "suffix", "suffix"]
+
+
+@pytest.mark.integration
+def test_on_s3_each_container_is_opened_once_and_neighbours_read_together(s3_endpoint: str, s3_bucket: str) -> None:
+    from desq.storage.s3 import S3Storage
+
+    storage = S3Storage(f"s3://{s3_bucket}/desq", endpoint_url=s3_endpoint)
+    a, b = same_container(150), same_container(150, 5000)
+    pack(storage, {n: (n.encode() * 3000, None, WHEN) for n in a + b})  # ~50 KiB each: 7.5 MiB a container
+    service, counted = service_on(storage)
+    asked = a + b[::-1] + ["20251120_nope"]
+    members, errors = untar(b"".join(tar_stream(BatchReader(service).results([Ask(i, n) for i, n in enumerate(asked)]), timezone.utc)))
+    assert [m.name for m, _ in members] == a + b[::-1] and all(d == m.name.encode() * 3000 for m, d in members)
+    assert [e["error"] for e in errors] == ["not_found"]
+    ops = sorted(r.split()[0] for r in counted.requests)
+    assert ops.count("suffix") == 3 and ops.count("read") <= 4, counted.requests  # nope's container too; 2 windows of 8 MiB
 
 
 def test_a_missing_container_is_asked_once(tmp_path: Path) -> None:

@@ -95,12 +95,22 @@ def test_batches_direct_and_through_the_router(cluster: tuple[list[Gunicorn], Gu
         curl, tar, listed = curl_tar(server.url, body, tmp_path)
         assert (curl, tar) == (0, 0) and listed.splitlines() == [n for n, _ in expected] + ["errors.json"]
 
+        # a chunked body (no Content-Length) is read bounded too
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/batch", body=iter([body[:10], body[10:]]), encode_chunked=True, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert streamed(conn.getresponse())[0] == expected
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/batch", body=(b" " * 65536 for _ in range(20)), encode_chunked=True, headers={"Authorization": f"Bearer {TOKEN}"})
+        answer = conn.getresponse()
+        assert answer.status == 400 and "over 1048576 bytes" in json.loads(answer.read())["message"]
+        assert get(server.port, "/batch", Authorization=f"Bearer {TOKEN}")[0] == 405
+
     # the router sent its batches to the backend owning most of the entries
     routing = {b["url"]: set(b["shards"]) for b in json.loads(get(router.port, "/routing")[2])["backends"]}
     owned = {url: sum(LAYOUT.locate_name(n).shard_hex in shards for n in asked if n in files) for url, shards in routing.items()}
     owner = max(owned, key=owned.get)  # type: ignore[arg-type]
     served = {b.url: batches(b.port) for b in backends}
-    assert served[owner] == (2 if owner == backends[0].url else 0) + 2
+    assert served[owner] == (3 if owner == backends[0].url else 0) + 3  # three batches each way
 
     # refused by the router itself: no token, a bad body
     assert post(router.port, body).status == 401
