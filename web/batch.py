@@ -46,10 +46,13 @@ def read_body() -> bytes:
     declared = request.content_length
     if declared is not None and declared > MAX_BODY:
         raise BadRequest(f"the request body is {declared} bytes; at most {MAX_BODY} are allowed")
-    body = request.stream.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
+    parts, held = [], 0
+    while held <= MAX_BODY and (part := request.stream.read(MAX_BODY + 1 - held)):
+        parts.append(part)
+        held += len(part)
+    if held > MAX_BODY:
         raise BadRequest(f"the request body is over {MAX_BODY} bytes")
-    return body
+    return b"".join(parts)
 
 
 def _asks() -> tuple[bytes, list] | Response:
