@@ -22,7 +22,7 @@ from desq.container import ContainerWriter
 from desq.files import FileService
 from desq.published import publish
 from desq.settings import load_settings
-from desq.storage import Storage
+from desq.storage import ObjectInfo, Storage, StorageUnavailable
 from desq.storage.counting import CountingStorage
 from desq.storage.local import LocalStorage
 from desq.tarstream import BatchAborted, tar_stream
@@ -340,6 +340,19 @@ def test_a_missing_container_is_asked_once(tmp_path: Path) -> None:
     assert [e["error"] for e in errors] == ["not_found"] * 5 and len(counted.requests) == 1
 
 
+class _Down(LocalStorage):
+    def read_suffix(self, key: str, length: int, *, if_match: str | None = None) -> tuple[bytes, ObjectInfo]:
+        raise StorageUnavailable(f"{key}: no answer")
+
+
+def test_a_storage_that_does_not_answer_is_tried_three_times_per_batch(tmp_path: Path) -> None:
+    service, counted = service_on(_Down(tmp_path / "a"))
+    names = list({LAYOUT.locate_name(f"20251120_{i}").container: f"20251120_{i}" for i in range(40)}.values())[:10]
+    _, errors = untar(b"".join(tar_stream(BatchReader(service).results([Ask(i, n) for i, n in enumerate(names)]), timezone.utc)))
+    assert [e["error"] for e in errors] == ["unavailable"] * 10 and len(counted.requests) == 3
+    assert all("not tried" in e["message"] for e in errors[3:])
+
+
 # --- the planner --------------------------------------------------------------------------------
 
 @st.composite
@@ -373,3 +386,11 @@ def test_windows_keep_the_order_and_the_budget(entries: list[Item], budget: int)
     for w in got:
         reads = by_container(w)
         assert sorted((c, n) for c, ns in reads.items() for n in ns) == sorted({(i.container, i.name) for i in w if i.failure is None})
+
+
+def test_the_router_sends_a_batch_to_the_owner_of_most_then_to_the_others() -> None:
+    from web.batch import owner_order
+
+    assert owner_order(["b", "a", "b"], ["a", "b", "c"]) == ["b", "a", "c"]
+    assert owner_order(["c", "a", "a", "c"], ["a", "b", "c"]) == ["c", "a", "b"]  # a tie: the first asked
+    assert owner_order([], ["a", "b"]) == ["a", "b"]  # no entry the layout can place
