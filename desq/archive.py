@@ -156,6 +156,11 @@ class Archive:
         wanted = list(names)
         return self._fresh(key, lambda r: list(r.read_many(wanted)))
 
+    def read_members(self, key: str, names: Iterable[str], *, max_merge: int = 8 << 20, max_gap: int = 64 << 10) -> list[tuple[MemberMeta, bytes]]:
+        """Several members with their metadata, adjacent ones in one request (by container offset)."""
+        wanted = list(names)
+        return self._fresh(key, lambda r: list(r.read_members(wanted, max_merge=max_merge, max_gap=max_gap)))
+
     def size_hint(self, key: str, name: str) -> int | None:
         """The member's size from the cached index (no request once the index is cached)."""
         return self.open(key).size_hint(name)

@@ -208,6 +208,17 @@ class ReaderConformance:
         inside = [name for name, _ in got if not BY_NAME[name].external]
         assert inside == [name for name in self.order(MEMBERS) if not BY_NAME[name].external]
 
+    def test_read_members_gives_each_members_metadata_with_no_extra_request(self) -> None:
+        built = self.build(SMALL)
+        names = [s.name for s in SMALL]
+        metas = {name: built.reader.meta(name) for name in names}
+        before = built.reads()
+        got = list(built.reader.read_members(names[::-1]))
+        assert [(m.name, d) for m, d in got] == [(s.name, s.data) for s in SMALL]
+        assert all(meta == metas[meta.name] for meta, _ in got) and built.reads() == before + 1
+        everything = self.build().reader
+        assert {m.name: (m, d) for m, d in everything.read_members(BY_NAME)} == {n: (everything.meta(n), everything.read(n)) for n in BY_NAME}
+
     def test_read_many_refuses_an_unknown_name_before_reading(self) -> None:
         built = self.build()
         before = built.reads()

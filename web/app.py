@@ -15,6 +15,7 @@ from desq.storage import Storage, storage_for
 from desq.storage.counting import CountingStorage
 from web import metrics
 from web.errors import register_error_handlers
+from web.batch import batch, routed
 from web.files import Presigner, files
 from web.health import health
 from web.openapi import openapi
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         from web import router
 
         router.install(app, settings)
-        for blueprint in (metrics.metrics, openapi):
+        for blueprint in (metrics.metrics, openapi, routed):
             app.register_blueprint(blueprint)
         app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
         return app
@@ -75,6 +76,6 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         from web.registry import announce
 
         app.extensions["desq.heartbeat"] = announce(settings.web.registry_url, settings.web.advertise_url, settings.web.health_interval, threading.Event())
-    for blueprint in (health, files, metrics.metrics, openapi):
+    for blueprint in (health, files, batch, metrics.metrics, openapi):
         app.register_blueprint(blueprint)
     return app

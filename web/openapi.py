@@ -10,6 +10,7 @@ from desq import __version__
 from desq.layout import MAX_NAME_BYTES
 from desq.mode import mode_for
 from desq.settings import Settings
+from web.batch import openapi_operation
 
 openapi = Blueprint("openapi", __name__)
 
@@ -84,6 +85,7 @@ def spec_for(settings: Settings) -> dict[str, Any]:
             params = [p for p in operation["parameters"] if p["name"] != "created_at"]
             params = [p | {"schema": name} if p["name"] == "name" else p for p in params]
             operation["parameters"] = params + ([created] if created else [])
+    spec["paths"]["/batch"] = {"post": openapi_operation(mode)}
     return spec
 
 

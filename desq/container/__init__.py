@@ -72,6 +72,9 @@ class Reader(RawFrames, Protocol):
     def read_many(self, names: Iterable[str], *, max_merge: int = ..., max_gap: int = ...) -> Iterator[tuple[str, bytes]]:
         """Several members, adjacent ones in one request."""
 
+    def read_members(self, names: Iterable[str], *, max_merge: int = ..., max_gap: int = ...) -> Iterator[tuple[MemberMeta, bytes]]:
+        """``read_many`` with each member's stored metadata."""
+
     def verify(self) -> list[Problem]:
         """Everything found wrong; [] when all is well."""
 

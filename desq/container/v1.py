@@ -180,6 +180,11 @@ class DesV1Reader:
         outside = sorted((ec for ec in wanted if ec[0].external), key=lambda ec: ec[0].name)
         return self._read_many(inside, outside, max_merge, max_gap)
 
+    def read_members(self, names: Iterable[str], *, max_merge: int = 8 << 20, max_gap: int = 64 << 10) -> Iterator[tuple[MemberMeta, bytes]]:
+        """``read_many`` with each member's metadata (held in memory since ``open``: no extra request)."""
+        for name, data in self.read_many(names, max_merge=max_merge, max_gap=max_gap):
+            yield self.meta(name), data
+
     def verify(self) -> list[Problem]:
         """Structural problems (v1 has no checksums); [] when all is well."""
         problems = [Problem(None, text) for text in self._footer_oddities()]
