@@ -93,3 +93,21 @@ def test_local_folders_keep_the_rules_of_list(tmp_path: Path) -> None:
     assert list(storage.folders("2025112")) == ["20251120"] and list(storage.folders("20251121")) == []
     file_root = LocalStorage(tmp_path / "outside" / "x.des")
     assert list(file_root.folders()) == [] == list(file_root.list())
+
+
+def test_counting_adds_up_the_bytes_its_reads_returned(tmp_path: Path) -> None:
+    from desq.storage import NotFound
+    from desq.storage.counting import CountingStorage
+
+    counted = CountingStorage(LocalStorage(tmp_path))
+    counted.put("d/a.des", b"0123456789")
+    assert counted.bytes_read == 0
+    assert counted.read("d/a.des", 2, 3) == b"234"
+    assert counted.read_suffix("d/a.des", 4)[0] == b"6789"
+    assert counted.read_suffix("d/a.des", 100)[0] == b"0123456789"  # clipped to the object: what came back counts
+    assert b"".join(counted.iter_read("d/a.des", 0, 10, chunk_size=4)) == b"0123456789"
+    counted.head("d/a.des")
+    with pytest.raises(NotFound):
+        counted.read("d/missing.des", 0, 1)
+    assert counted.bytes_read == 3 + 4 + 10 + 10
+    assert [r.split()[0] for r in counted.requests] == ["put", "read", "suffix", "suffix", "read", "read", "read", "head", "read"]
