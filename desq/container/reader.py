@@ -92,8 +92,8 @@ class ContainerReader:
         index_end = footer.index_offset + footer.index_length
         if footer.index_offset >= tail_start:
             index = suffix[footer.index_offset - tail_start : index_end - tail_start]
-        else:
-            index = source.read(footer.index_offset, tail_start - footer.index_offset) + suffix[: index_end - tail_start]
+        else:  # read whole, again with its end in the suffix: no copy of a big INDEX to join the two
+            index = source.read(footer.index_offset, footer.index_length)
         if crc32c(index) != footer.index_crc:
             raise CorruptContainer("container index checksum does not match")
         names = None
