@@ -360,6 +360,13 @@ def s3_listing(quick: bool, **_: Any) -> Result:
     return listing_day(quick)
 
 
+def cold_reads(quick: bool, s3: str | None = None, **_: Any) -> Result:
+    """The first read of a container of 1k, 100k and 1M members, local and on S3 (bench/cold_reads.py)."""
+    from cold_reads import cold_reads as run
+
+    return run(quick, s3=s3)
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "pack 0.5-8 KiB files from local disk": pack_vs_tar,
     "pack the same from an S3 source": pack_from_s3,
@@ -375,6 +382,7 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "through the router vs direct": router,
     "S3 GetObject vs files API GET on the same files": s3_get,
     "S3 listing: a day of 100k files": s3_listing,
+    "cold reads against container size": cold_reads,
 }
 
 

@@ -23,9 +23,13 @@ def test_quick_bench_produces_its_figures(tmp_path: Path, pg_url: str, s3_endpoi
     )
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads(out.read_text())
-    assert len(document["results"]) == 14
+    assert len(document["results"]) == 15
     for name, figures in document["results"].items():
         assert "figure" in figures and "ratio" in figures and "goal" in figures, (name, figures)
         assert figures.get("plot") or "progress" not in figures, name
+    cold = document["results"]["cold reads against container size"]["details"]
+    assert {(r["members"], r["storage"]) for r in cold["rows"]} == {(n, s) for n in (1_000, 100_000) for s in ("local", "s3")}
+    assert all(r["cold_bytes_fetched"] >= r["index_bytes"] for r in cold["rows"]), cold["rows"]
+    assert cold["table_markdown"].count("\n") == 1 + len(cold["rows"])
     assert (ROOT / "bench" / "results" / "summary.png").stat().st_size > 1000
     assert "| benchmark | desq | anchor |" in result.stdout

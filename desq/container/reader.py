@@ -36,14 +36,21 @@ class _Slot:
     size: int
     head_len: int
     flags: int
+    shift: int
+    """log2 of the member's block size (``fmt.block_shift_for(size)``)."""
+    end: int
+    """Where the frame ends: after its DATA (none for an external member) and TAIL."""
+
+    @classmethod
+    def of(cls, position: int, offset: int, size: int, head_len: int, flags: int) -> _Slot:
+        """The slot of an index entry, with what every read asks of it computed once."""
+        shift = fmt.block_shift_for(size)
+        data_len = 0 if flags & fmt.FLAG_EXTERNAL else size
+        return cls(position, offset, size, head_len, flags, shift, offset + data_len + fmt.tail_size(size, shift))
 
     @property
     def external(self) -> bool:
         return bool(self.flags & fmt.FLAG_EXTERNAL)
-
-    @property
-    def shift(self) -> int:
-        return fmt.block_shift_for(self.size)
 
     @property
     def start(self) -> int:
@@ -52,10 +59,6 @@ class _Slot:
     @property
     def data_len(self) -> int:
         return 0 if self.external else self.size
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.data_len + fmt.tail_size(self.size, self.shift)
 
     @property
     def blocks(self) -> int:
@@ -92,8 +95,8 @@ class ContainerReader:
         index_end = footer.index_offset + footer.index_length
         if footer.index_offset >= tail_start:
             index = suffix[footer.index_offset - tail_start : index_end - tail_start]
-        else:
-            index = source.read(footer.index_offset, tail_start - footer.index_offset) + suffix[: index_end - tail_start]
+        else:  # read whole, again with its end in the suffix: no copy of a big INDEX to join the two
+            index = source.read(footer.index_offset, footer.index_length)
         if crc32c(index) != footer.index_crc:
             raise CorruptContainer("container index checksum does not match")
         names = None
@@ -135,7 +138,7 @@ class ContainerReader:
 
     def _slot(self, position: int) -> _Slot:
         offset, size, head_len, flags = self.index.entry(position)
-        slot = _Slot(position, offset, size, head_len, flags)
+        slot = _Slot.of(position, offset, size, head_len, flags)
         if not (
             fmt.MIN_HEAD <= head_len <= fmt.MAX_HEAD
             and slot.start >= fmt.HEADER_SIZE

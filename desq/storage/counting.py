@@ -10,7 +10,8 @@ from desq.storage.base import ObjectInfo, PendingUpload, Storage, Upload
 
 
 class CountingStorage(Storage):
-    """Delegates to ``inner``; calls ``on_request(op)`` before each request (op: read, suffix, head, ...)."""
+    """Delegates to ``inner``; calls ``on_request(op)`` before each request (op: read, suffix, head, ...)
+    and adds up the bytes its reads returned in ``bytes_read``."""
 
     def __init__(self, inner: Storage, on_request: Callable[[str], None] | None = None) -> None:
         self.inner = inner
@@ -18,6 +19,8 @@ class CountingStorage(Storage):
         self.requests: deque[str] = deque(maxlen=10_000)
         """The latest requests, for tests and debugging (bounded: a server runs for months)."""
         self._on_request = on_request
+        self.bytes_read = 0
+        """Bytes returned by ``read`` and ``read_suffix`` so far (what was fetched from storage)."""
 
     def _note(self, op: str, key: str, request: str | None = None) -> None:
         self.requests.append(f"{request or op} {key}")
@@ -26,11 +29,15 @@ class CountingStorage(Storage):
 
     def read(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
         self._note("read", key)
-        return self.inner.read(key, offset, length, if_match=if_match)
+        data = self.inner.read(key, offset, length, if_match=if_match)
+        self.bytes_read += len(data)
+        return data
 
     def read_suffix(self, key: str, length: int, *, if_match: str | None = None) -> tuple[bytes, ObjectInfo]:
         self._note("suffix", key)
-        return self.inner.read_suffix(key, length, if_match=if_match)
+        data, info = self.inner.read_suffix(key, length, if_match=if_match)
+        self.bytes_read += len(data)
+        return data, info
 
     def head(self, key: str) -> ObjectInfo:
         self._note("head", key)

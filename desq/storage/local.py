@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISLNK
 
 from desq.fileio import pread_exactly
 from desq.storage.base import InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, Upload, check_key
@@ -97,6 +97,8 @@ class LocalStorage(Storage):
         self.root = Path(root)
         self.url = self.root.resolve().as_uri()
         self._real_root = os.path.realpath(self.root)
+        self._root_id: tuple[int, int] | None = None
+        """(st_dev, st_ino) of the folder ``_real_root`` was resolved for: reads recheck it with one stat."""
 
     def path(self, key: str) -> Path:
         """The file that holds ``key``; InvalidKey if a symbolic link would take it outside the root."""
@@ -116,10 +118,38 @@ class LocalStorage(Storage):
                 return True
         return False
 
+    def _unlinked_path(self, key: str) -> str | None:
+        """The file of ``key`` under the root's real path when no folder below the root is a
+        symbolic link (one lstat a folder instead of a realpath of the whole path); None when
+        one is, or the key is refused, so that ``path`` decides."""
+        check_key(key)
+        if any(part.startswith(TEMP_PREFIX) for part in key.split("/")):
+            return None
+        now = os.stat(self.root)
+        if (now.st_dev, now.st_ino) != self._root_id:  # first read, or the root now names another folder
+            self._real_root = os.path.realpath(self.root)
+            self._root_id = (now.st_dev, now.st_ino)
+        root = self._real_root.rstrip(os.sep)
+        at = key.find("/")
+        while at != -1:
+            if S_ISLNK(os.lstat(f"{root}/{key[:at]}").st_mode):
+                return None
+            at = key.find("/", at + 1)
+        return f"{root}/{key}"
+
     def _open(self, key: str, if_match: str | None) -> tuple[int, os.stat_result]:
-        path = self.path(key)
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fast = self._unlinked_path(key)
+            fd = -1
+            if fast is not None:
+                try:
+                    fd = os.open(fast, flags | os.O_NOFOLLOW)  # the file itself a link: ELOOP, and path() decides
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+            if fd == -1:
+                fd = os.open(self.path(key), flags)
         except FileNotFoundError:
             raise NotFound(f"no object {key!r} in {self.url}") from None
         except IsADirectoryError:
