@@ -6,6 +6,8 @@ and ``/metrics`` are the role's own paths (settings refuse a bucket of those nam
 first segment is NoSuchBucket. Every answer is S3's: XML bodies and errors, ``x-amz-request-id``.
 Writes are refused before authentication (nothing is hashed, nothing changes); reads are
 authenticated (SigV4) when ``s3.credentials`` is set, then decided by ``desq.s3.requests``.
+Objects carry ETag and Last-Modified but, like S3's own objects stored without that metadata, no
+Cache-Control: S3 clients do not cache, and sync tools would copy one onto every object they write.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import http_date
 from werkzeug.routing import PathConverter
 
+from desq.conditional import http_date, served_type
 from desq.container import ChecksumMismatch, ContainerError, MemberNotFound
 from desq.files import FileService, FilesError
 from desq.layout import yyyymmdd
@@ -34,7 +36,7 @@ from desq.s3.tokens import decode_token, encode_token
 from desq.settings import Settings
 from desq.storage import NotFound, StorageError
 from web import metrics
-from web.files import etag_of, stream
+from web.files import stream, validators_of
 from web.health import health
 from web.s3_auth import authenticate
 
@@ -237,13 +239,13 @@ def get_object(operation: Operation) -> Response:
         meta = meta or archive.meta(where.container, where.name)
     else:
         meta, chunks = archive.open_range(where.container, where.name, *(bounds or (0, None)))
-    etag = etag_of(meta)
-    verdict = preconditions(request.headers, etag, meta.created_at)
+    validators = validators_of(meta)
+    verdict = preconditions(request.headers, validators.etag, validators.last_modified)
     if verdict == 412:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    headers = {"ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-    if meta.created_at is not None:
-        headers["Last-Modified"] = http_date(meta.created_at)
+    headers = {"ETag": f'"{validators.etag}"', "Accept-Ranges": "bytes"}
+    if validators.last_modified is not None:
+        headers["Last-Modified"] = http_date(validators.last_modified)
     if verdict == 304:
         return Response(status=304, headers=headers)
     if unsatisfiable is not None:
@@ -251,7 +253,7 @@ def get_object(operation: Operation) -> Response:
     start, stop = bounds or (0, meta.size)
     first = next(chunks, b"") if chunks is not None else b""
     body = stream(first, chunks) if chunks is not None else b""
-    response = Response(body, status=206 if bounds else 200, content_type=meta.content_type or "application/octet-stream", headers=headers, direct_passthrough=True)
+    response = Response(body, status=206 if bounds else 200, content_type=served_type(meta.content_type), headers=headers, direct_passthrough=True)
     response.headers["Content-Length"] = str(stop - start)
     if bounds:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{meta.size}"
