@@ -172,6 +172,7 @@ def preconditions(headers: Mapping[str, str], validators: Validators) -> int | N
 def _offset(digits: str) -> int:
     """A range's number; one of over 19 digits is past any file (and never handed to ``int``,
     which refuses strings of over 4,300 digits)."""
+    digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) <= 19 else _HUGE
 
 

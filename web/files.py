@@ -110,6 +110,17 @@ def _failure(exc: Exception) -> Response:
     raise exc
 
 
+class FileResponse(Response):
+    """A Response whose 304 keeps Last-Modified: werkzeug drops it with RFC 2616's entity headers,
+    but RFC 9110 15.4.5 lets a 304 carry what guides cache updates, and CONTRACT section 6 sends it."""
+
+    def get_wsgi_headers(self, environ: Any) -> Any:
+        headers = super().get_wsgi_headers(environ)
+        if self.status_code == 304 and "Last-Modified" in self.headers:
+            headers["Last-Modified"] = self.headers["Last-Modified"]
+        return headers
+
+
 def validators_of(meta: Any) -> Validators:
     """What conditional headers compare with: the member's ETag and Last-Modified (its created_at)."""
     return Validators(etag_of(meta), last_modified(meta.created_at, datetime.now(timezone.utc)))
@@ -178,7 +189,7 @@ def get_file(name: str) -> Response:
         if answer.status == 412:
             return error_response(412, "precondition_failed", "If-Match or If-Unmodified-Since does not hold for this file")
         if answer.status == 304:
-            return Response(status=304, headers=file_headers(validators_of(meta)))
+            return FileResponse(status=304, headers=file_headers(validators_of(meta)))
         if answer.status == 416:
             response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
             response.headers["Content-Range"] = f"bytes */{size}"

@@ -36,7 +36,7 @@ from desq.s3.tokens import decode_token, encode_token
 from desq.settings import Settings
 from desq.storage import NotFound, StorageError
 from web import metrics
-from web.files import stream, validators_of
+from web.files import FileResponse, stream, validators_of
 from web.health import health
 from web.s3_auth import authenticate
 
@@ -247,7 +247,7 @@ def get_object(operation: Operation) -> Response:
     if validators.last_modified is not None:
         headers["Last-Modified"] = http_date(validators.last_modified)
     if verdict == 304:
-        return Response(status=304, headers=headers)
+        return FileResponse(status=304, headers=headers)
     if unsatisfiable is not None:
         raise unsatisfiable
     start, stop = bounds or (0, meta.size)
