@@ -133,8 +133,13 @@ def last_modified(created_at: datetime | None, now: datetime) -> datetime | None
 
 def cache_control(max_age: int, private: bool) -> str:
     """The Cache-Control of a member: its bytes never change under its ETag, so it stays fresh
-    ``max_age`` seconds; ``private`` (no shared cache) when reads need a token."""
-    return f"{'private' if private else 'public'}, max-age={min(max_age, MAX_AGE_LIMIT)}"
+    ``max_age`` seconds; ``private`` (no shared cache) when reads need a token.
+
+    Never ``public``: it would add only that shared caches may store answers to requests that carry
+    Authorization (RFC 9111 3.5), which is what must not happen to a token's answers.
+    """
+    age = f"max-age={min(max_age, MAX_AGE_LIMIT)}"
+    return f"private, {age}" if private else age
 
 
 def served_type(stored: str | None) -> str:

@@ -108,7 +108,7 @@ def test_last_modified_is_whole_seconds_in_utc_and_never_in_the_future() -> None
     assert last_modified(None, now) is None
 
 
-@pytest.mark.parametrize(("max_age", "private", "value"), [(86400, False, "public, max-age=86400"), (0, True, "private, max-age=0"), (2**40, False, f"public, max-age={MAX_AGE_LIMIT}")])
+@pytest.mark.parametrize(("max_age", "private", "value"), [(86400, False, "max-age=86400"), (0, True, "private, max-age=0"), (2**40, False, f"max-age={MAX_AGE_LIMIT}")])
 def test_cache_control(max_age: int, private: bool, value: str) -> None:
     assert cache_control(max_age, private) == value
 

@@ -114,7 +114,7 @@ def test_every_200_206_and_304_carries_cache_control_and_last_modified(client: F
     full = client.get(ONE)
     r = client.open(ONE, method=method, headers=headers)
     assert r.status_code in (200, 206, 304)
-    assert r.headers["Cache-Control"] == "public, max-age=86400"
+    assert r.headers["Cache-Control"] == "max-age=86400"
     assert r.headers["Last-Modified"] == LAST_MODIFIED
     assert r.headers["ETag"] == full.headers["ETag"]
 
@@ -152,7 +152,7 @@ def test_if_range_by_etag_and_by_date(client: FlaskClient) -> None:
 def test_des_v1_members_have_no_last_modified(client: FlaskClient) -> None:
     path = f"/files/{V1_NAME}"
     r = client.get(path)
-    assert r.data == V1_DATA and r.headers["Cache-Control"] == "public, max-age=86400" and "Last-Modified" not in r.headers
+    assert r.data == V1_DATA and r.headers["Cache-Control"] == "max-age=86400" and "Last-Modified" not in r.headers
     assert client.get(path, headers={"If-Modified-Since": "Fri, 31 Dec 9999 23:59:59 GMT"}).status_code == 200  # no time: ignored
     r = client.get(path, headers={"If-None-Match": r.headers["ETag"]})
     assert r.status_code == 304 and "Last-Modified" not in r.headers and r.headers["Cache-Control"]
@@ -168,7 +168,7 @@ def test_tokens_make_it_private(archive_dir: Path) -> None:
 
 
 def test_the_max_age_setting(archive_dir: Path) -> None:
-    assert client_for(archive_dir, DESQ_WEB_CACHE_MAX_AGE="0").get(ONE).headers["Cache-Control"] == "public, max-age=0"
+    assert client_for(archive_dir, DESQ_WEB_CACHE_MAX_AGE="0").get(ONE).headers["Cache-Control"] == "max-age=0"
     for bad in ("-1", "2147483649", "a day", ""):
         with pytest.raises(SettingsError, match="web.cache_max_age"):
             load_settings(env={"DESQ_WEB_CACHE_MAX_AGE": bad})
@@ -224,7 +224,7 @@ def test_uid_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": f"file://{tmp_path}/live/{{uid}}"})).test_client()
     path = "/files/123456789?created_at=2025-11-20"
     r = local.get(path)
-    assert (r.data, r.headers["Content-Type"], r.headers["Last-Modified"], r.headers["Cache-Control"]) == (b"uid file", "text/plain", LAST_MODIFIED, "public, max-age=86400")
+    assert (r.data, r.headers["Content-Type"], r.headers["Last-Modified"], r.headers["Cache-Control"]) == (b"uid file", "text/plain", LAST_MODIFIED, "max-age=86400")
     assert local.get(path, headers={"If-None-Match": r.headers["ETag"], "Range": "bytes=99-"}).status_code == 304
     assert local.get(path, headers={"If-Match": '"x"', "Range": "bytes=0-1"}).status_code == 412
     live = local.get("/files/999?created_at=2025-11-21")
