@@ -232,3 +232,18 @@ def test_uid_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s3 = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": "s3://live-bucket/docs/{uid}", "DESQ_ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:1"})).test_client()
     redirect = s3.get("/files/999?created_at=2025-11-21")
     assert redirect.status_code == 307 and redirect.headers["Cache-Control"] == "no-store"
+
+
+# --- the s3 role decides with the same core -------------------------------------------------------
+
+
+def test_the_s3_role_decides_with_the_same_core_and_sends_no_cache_control(archive_dir: Path) -> None:
+    client = create_app(load_settings(env={"DESQ_ARCHIVE_URL": str(archive_dir)}), role="s3").test_client()
+    path = "/desq/20251120/20251120_1"
+    full = client.get(path)
+    assert (full.data, full.headers["Content-Type"], full.headers["Last-Modified"]) == (b"hello, archive\n", "text/plain", LAST_MODIFIED)
+    assert "Cache-Control" not in full.headers  # as S3 answers for objects stored without one
+    not_modified = client.get(path, headers={"If-None-Match": full.headers["ETag"], "Range": "bytes=-0"})
+    assert not_modified.status_code == 304 and not_modified.headers["Last-Modified"] == LAST_MODIFIED
+    assert client.get(path, headers={"If-Match": "W/" + full.headers["ETag"]}).status_code == 412  # strong comparison
+    assert client.get(path, headers={"If-Modified-Since": "Thu Nov 20 08:30:00 2025"}).status_code == 304  # asctime

@@ -17,6 +17,7 @@ from archives import pack
 from des_v1_writer import V1Member, write_v1
 from desq.settings import load_settings
 from desq.storage.local import LocalStorage
+from test_files_gunicorn import get
 from test_router import Gunicorn
 
 BIN = Path(sys.executable).parent
@@ -70,3 +71,17 @@ def test_redbot_finds_no_caching_validation_range_or_connection_problem(servers:
     assert {"FRESHNESS_FRESH", "RANGE_CORRECT", "INM_304"} <= found  # the checks really ran and passed
     if name != V1_NAME:
         assert "IMS_304" in found and "LM_PRESENT" in found
+
+
+@pytest.mark.parametrize("via", ["direct", "router"])
+def test_every_conditional_header_reaches_the_files_api(servers: dict[str, str], via: str) -> None:
+    port = int(servers[via].rsplit(":", 1)[1])
+    path = "/files/20251120_1"
+    status, headers, _ = get(port, path)
+    assert (status, headers["cache-control"], headers["last-modified"]) == (200, "max-age=86400", "Thu, 20 Nov 2025 08:30:00 GMT")
+    assert get(port, path, If_Match='"other"', Range="bytes=0-4")[0] == 412
+    assert get(port, path, If_Unmodified_Since="Thu, 20 Nov 2025 08:29:59 GMT")[0] == 412
+    status, not_modified, _ = get(port, path, If_None_Match=headers["etag"], Range="bytes=-0")
+    assert (status, not_modified["etag"], not_modified["cache-control"]) == (304, headers["etag"], "max-age=86400")
+    assert get(port, path, If_Modified_Since=headers["last-modified"])[0] == 304
+    assert get(port, path, Range="bytes=-0")[0] == 416
