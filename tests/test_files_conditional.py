@@ -229,6 +229,7 @@ def test_uid_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert local.get(path, headers={"If-Match": '"x"', "Range": "bytes=0-1"}).status_code == 412
     live = local.get("/files/999?created_at=2025-11-21")
     assert live.data == b"still live" and live.headers["Cache-Control"] == "no-cache"  # not archived yet: it may change
+    assert live.headers["Content-Type"] == "application/octet-stream" and live.headers["Last-Modified"]
     s3 = create_app(load_settings(env=env | {"DESQ_WEB_ORIGINAL_URL": "s3://live-bucket/docs/{uid}", "DESQ_ARCHIVE_S3_ENDPOINT_URL": "http://127.0.0.1:1"})).test_client()
     redirect = s3.get("/files/999?created_at=2025-11-21")
     assert redirect.status_code == 307 and redirect.headers["Cache-Control"] == "no-store"
@@ -247,3 +248,40 @@ def test_the_s3_role_decides_with_the_same_core_and_sends_no_cache_control(archi
     assert not_modified.status_code == 304 and not_modified.headers["Last-Modified"] == LAST_MODIFIED
     assert client.get(path, headers={"If-Match": "W/" + full.headers["ETag"]}).status_code == 412  # strong comparison
     assert client.get(path, headers={"If-Modified-Since": "Thu Nov 20 08:30:00 2025"}).status_code == 304  # asctime
+
+
+def _live_site(tmp_path: Path) -> FlaskClient:
+    env = {"DESQ_MODE": "uid", "DESQ_ARCHIVE_URL": str(tmp_path / "a"), "DESQ_WEB_ORIGINAL_URL": f"file://{tmp_path}/live/{{uid}}"}
+    publish(LocalStorage(tmp_path / "a"), date(2025, 11, 20))
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "999").write_bytes(b"still live")
+    os.utime(tmp_path / "live" / "999", (CREATED.timestamp(), CREATED.timestamp()))
+    return create_app(load_settings(env=env)).test_client()
+
+
+def test_a_live_original_is_decided_in_the_same_order(tmp_path: Path) -> None:
+    client = _live_site(tmp_path)
+    path = "/files/999?created_at=2025-11-21"
+    full = client.get(path)
+    assert (full.data, full.headers["Last-Modified"], full.headers["Cache-Control"]) == (b"still live", LAST_MODIFIED, "no-cache")
+    tag = full.headers["ETag"]
+    for headers, status, body in (
+        ({"If-None-Match": tag, "Range": "bytes=99-"}, 304, b""),  # werkzeug's send_file answered 416
+        ({"If-Match": '"x"', "Range": "bytes=0-1"}, 412, None),  # ... and 206
+        ({"Range": "bytes=-0"}, 416, None),
+        ({"Range": "bytes=6-"}, 206, b"live"),
+        ({"Range": "bytes=-4", "If-Range": tag}, 206, b"live"),
+        ({"Range": "bytes=-4", "If-Range": '"x"'}, 200, b"still live"),
+        ({"If-Modified-Since": LAST_MODIFIED}, 304, b""),
+    ):
+        r = client.get(path, headers=headers)
+        assert r.status_code == status, headers
+        if body is not None:
+            assert r.data == body
+        if status == 304:
+            assert (r.headers["ETag"], r.headers["Cache-Control"], r.headers["Last-Modified"]) == (tag, "no-cache", LAST_MODIFIED)
+    head = client.head(path)
+    assert (head.status_code, head.data, head.headers["Content-Length"]) == (200, b"", "10")
+    (tmp_path / "live" / "999").write_bytes(b"changed, and longer")
+    changed = client.get(path, headers={"If-None-Match": tag})
+    assert changed.status_code == 200 and changed.data == b"changed, and longer" and changed.headers["ETag"] != tag

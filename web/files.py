@@ -10,6 +10,7 @@ created_at, Last-Modified. The Content-Type is the stored one exactly.
 from __future__ import annotations
 
 import hmac
+import mimetypes
 import os
 import threading
 import zlib
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
 
 from desq.conditional import Validators, cache_control, decide, http_date, last_modified, needs_validators, served_type
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
@@ -135,10 +136,19 @@ def file_headers(validators: Validators) -> dict[str, str]:
     return headers
 
 
+def refusal(status: int, size: int) -> Response:
+    """The JSON 412 or 416 (with ``Content-Range: bytes */size``) of a file of ``size`` bytes."""
+    if status == 412:
+        return error_response(412, "precondition_failed", "If-Match or If-Unmodified-Since does not hold for this file")
+    response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
+    response.headers["Content-Range"] = f"bytes */{size}"
+    return response
+
+
 def _original(url: str) -> Response:
     """uid mode, a file newer than the cutoff: a 307 to where it lives (S3: a presigned URL), or
-    for a file:// original, the file itself (Range and ETag by werkzeug), never one outside the
-    template's folder (a symbolic link out of it included)."""
+    for a file:// original, the file itself, never one outside the template's folder (a symbolic
+    link out of it included)."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         url = current_app.extensions["desq.presigner"].url(parts.netloc, unquote(parts.path.lstrip("/")))
@@ -151,12 +161,58 @@ def _original(url: str) -> Response:
             return error_response(404, "not_found", "the original is outside the folder of web.original_url")
         if not os.path.isfile(path):
             return error_response(404, "not_found", "the original is not there")
-        response = send_file(path, conditional=True, etag=True)
-        response.headers["Cache-Control"] = "no-cache"  # not archived yet: it may still change
-        return response
+        return _live_file(path)
     response = redirect(url, code=307)
     response.headers["Cache-Control"] = "no-store"  # a presigned URL expires; an archived file is served here
     return response
+
+
+def _live_file(path: str) -> Response:
+    """A file:// original, decided like a member (in RFC 9110's order) from what the file is now:
+    its ETag from its inode, size and mtime, Last-Modified its mtime, and ``Cache-Control: no-cache``
+    (it is not archived yet and may still change)."""
+    handle = open(path, "rb")  # noqa: SIM115 - closed by the body, or below
+    try:
+        info = os.fstat(handle.fileno())
+        moment = last_modified(datetime.fromtimestamp(info.st_mtime, timezone.utc), datetime.now(timezone.utc))
+        validators = Validators(f"live-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}", moment)
+        answer = decide(request.headers, info.st_size, validators)
+        if answer.status in (200, 206) and request.method == "GET":
+            handle.seek(answer.start)
+            body: Any = _read_file(handle, answer.stop - answer.start)
+        else:
+            handle.close()
+            body = b""
+    except BaseException:
+        handle.close()
+        raise
+    if answer.status in (412, 416):
+        return refusal(answer.status, info.st_size)
+    headers = {"ETag": f'"{validators.etag}"', "Cache-Control": "no-cache"}
+    if moment is not None:
+        headers["Last-Modified"] = http_date(moment)
+    if answer.status == 304:
+        return FileResponse(status=304, headers=headers)
+    kind = mimetypes.guess_type(os.path.basename(path))[0] or "application/octet-stream"
+    response = Response(body, status=answer.status, content_type=kind, headers=headers, direct_passthrough=True)
+    response.headers["Content-Length"] = str(answer.stop - answer.start)
+    response.headers["Accept-Ranges"] = "bytes"
+    if answer.status == 206:
+        response.headers["Content-Range"] = f"bytes {answer.start}-{answer.stop - 1}/{info.st_size}"
+    return response
+
+
+def _read_file(handle: Any, length: int, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """``length`` bytes of an open file from where it is, then the file closed (also if the client leaves)."""
+    try:
+        while length > 0:
+            chunk = handle.read(min(chunk_size, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()
 
 
 def stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -181,19 +237,17 @@ def get_file(name: str) -> Response:
             return _original(target.original)
         archive = service().archive
         meta: Any = None
+        validators: Validators | None = None
         size = archive.size_hint(target.container, target.name)
         if size is None or needs_validators(request.headers):
             meta = archive.meta(target.container, target.name)
-            size = meta.size
-        answer = decide(request.headers, size, validators_of(meta) if meta is not None else None)
-        if answer.status == 412:
-            return error_response(412, "precondition_failed", "If-Match or If-Unmodified-Since does not hold for this file")
+            size, validators = meta.size, validators_of(meta)
+        answer = decide(request.headers, size, validators)
+        if answer.status in (412, 416):
+            return refusal(answer.status, size)
         if answer.status == 304:
-            return FileResponse(status=304, headers=file_headers(validators_of(meta)))
-        if answer.status == 416:
-            response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
-            response.headers["Content-Range"] = f"bytes */{size}"
-            return response
+            assert validators is not None
+            return FileResponse(status=304, headers=file_headers(validators))
         chunks: Iterator[bytes] = iter(())
         if request.method == "GET":
             meta, chunks = archive.open_range(target.container, target.name, answer.start, answer.stop)
@@ -204,7 +258,7 @@ def get_file(name: str) -> Response:
         return _failure(exc)
 
     body = stream(first, chunks) if request.method == "GET" else b""
-    response = Response(body, status=answer.status, content_type=served_type(meta.content_type), headers=file_headers(validators_of(meta)), direct_passthrough=True)
+    response = Response(body, status=answer.status, content_type=served_type(meta.content_type), headers=file_headers(validators or validators_of(meta)), direct_passthrough=True)
     response.headers["Content-Length"] = str(answer.stop - answer.start)
     response.headers["Accept-Ranges"] = "bytes"
     if answer.status == 206:
