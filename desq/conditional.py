@@ -31,7 +31,7 @@ _MONTH = "(" + "|".join(_MONTHS) + ")"
 _IMF = re.compile(r"(?:" + "|".join(_DAYS) + r"), ([0-9]{2}) " + _MONTH + r" ([0-9]{4}) " + _CLOCK + " GMT")
 _RFC850 = re.compile(r"(?:" + "|".join(_LONG_DAYS) + r"), ([0-9]{2})-" + _MONTH + r"-([0-9]{2}) " + _CLOCK + " GMT")
 _ASCTIME = re.compile(r"(?:" + "|".join(_DAYS) + r") " + _MONTH + r" ([ 0-9][0-9]) " + _CLOCK + r" ([0-9]{4})")
-_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.IGNORECASE)
+_DIGITS = re.compile(r"[0-9]*")
 _HUGE = 1 << 63
 _FIELD_TEXT = re.compile(r"[\x20-\x7e\t]+")
 
@@ -188,10 +188,10 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     Unsatisfiable when it starts at or past the end, for a suffix of 0 bytes (``bytes=-0``) and for
     any range of an empty file; a suffix or an end past the end of the file stops at its end.
     """
-    match = _RANGE.fullmatch((header or "").strip(" \t"))
-    if match is None or match.group(1) == match.group(2) == "":
+    unit, equals, spec = (header or "").partition("=")
+    first, dash, last = (part.strip(" \t") for part in spec.partition("-"))
+    if unit.strip(" \t").lower() != "bytes" or not equals or not dash or not _DIGITS.fullmatch(first + last) or not (first or last):
         return None
-    first, last = match.group(1), match.group(2)
     if not first:
         suffix = _offset(last)
         if suffix == 0 or size == 0:

@@ -318,3 +318,25 @@ def test_an_empty_file() -> None:
     assert decide({}, 0, V) == Answer(200, 0, 0)
     assert decide({"Range": "bytes=0-"}, 0, V) == Answer(416)
     assert decide({"Range": "bytes=0-", "If-None-Match": "*"}, 0, V) == Answer(304)
+
+
+HOSTILE = [
+    "bytes=" + " \t" * 4000 + "-" + " " * 4000 + "x",
+    "bytes=" + " " * 8000 + "x",
+    "bytes" + " " * 8000 + "=0-1x",
+    "bytes=-" + " " * 8000 + "x",
+    "bytes=" + "1-" * 4000,
+    "bytes=" + ",".join(["0-4999"] * 900),
+]
+
+
+def test_hostile_headers_take_linear_time() -> None:
+    import time
+
+    started = time.perf_counter()
+    for header in HOSTILE:
+        assert byte_range(header, 10) is None
+        assert entity_tags(header.replace("-", '"')) is not None
+        assert parse_http_date(header) is None
+    assert entity_tags('"a,' * 2700) == [] and entity_tags('"a"x,' * 1600) == []
+    assert time.perf_counter() - started < 0.5  # a backtracking pattern took seconds on the first of these
