@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request
 
-from desq.conditional import Validators, cache_control, decide, http_date, last_modified, needs_validators, served_type
+from desq.conditional import PRECONDITIONS, Validators, cache_control, decide, http_date, last_modified, needs_validators, served_type
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
 from desq.files import FileService, FilesError, NotFoundError, original_root
 from desq.storage import NotFound, StorageError, StorageUnavailable
@@ -122,6 +122,16 @@ class FileResponse(Response):
         return headers
 
 
+_ASKED = {name: "HTTP_" + name.upper().replace("-", "_") for name in (*PRECONDITIONS, "Range", "If-Range")}
+
+
+def asked() -> dict[str, str]:
+    """The request's conditional and Range headers, read from the WSGI environ once (werkzeug's
+    headers object scans all of it for each name looked up)."""
+    environ = request.environ
+    return {name: environ[key] for name, key in _ASKED.items() if key in environ}
+
+
 def validators_of(meta: Any) -> Validators:
     """What conditional headers compare with: the member's ETag and Last-Modified (its created_at)."""
     return Validators(etag_of(meta), last_modified(meta.created_at, datetime.now(timezone.utc)))
@@ -176,7 +186,7 @@ def _live_file(path: str) -> Response:
         info = os.fstat(handle.fileno())
         moment = last_modified(datetime.fromtimestamp(info.st_mtime, timezone.utc), datetime.now(timezone.utc))
         validators = Validators(f"live-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}", moment)
-        answer = decide(request.headers, info.st_size, validators)
+        answer = decide(asked(), info.st_size, validators)
         if answer.status in (200, 206) and request.method == "GET":
             handle.seek(answer.start)
             body: Any = _read_file(handle, answer.stop - answer.start)
@@ -236,13 +246,14 @@ def get_file(name: str) -> Response:
         if target.original is not None:
             return _original(target.original)
         archive = service().archive
+        headers = asked()
         meta: Any = None
         validators: Validators | None = None
         size = archive.size_hint(target.container, target.name)
-        if size is None or needs_validators(request.headers):
+        if size is None or needs_validators(headers):
             meta = archive.meta(target.container, target.name)
             size, validators = meta.size, validators_of(meta)
-        answer = decide(request.headers, size, validators)
+        answer = decide(headers, size, validators)
         if answer.status in (412, 416):
             return refusal(answer.status, size)
         if answer.status == 304:
