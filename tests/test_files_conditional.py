@@ -285,3 +285,13 @@ def test_a_live_original_is_decided_in_the_same_order(tmp_path: Path) -> None:
     (tmp_path / "live" / "999").write_bytes(b"changed, and longer")
     changed = client.get(path, headers={"If-None-Match": tag})
     assert changed.status_code == 200 and changed.data == b"changed, and longer" and changed.headers["ETag"] != tag
+
+
+def test_the_s3_roles_304_and_412_read_no_member_bytes(archive_dir: Path) -> None:
+    client = create_app(load_settings(env={"DESQ_ARCHIVE_URL": str(archive_dir)}), storage=RecordingStorage(archive_dir), role="s3").test_client()
+    path = "/desq/20251120/20251120_big"
+    tag = client.head(path).headers["ETag"]
+    for headers, status in (({"If-None-Match": tag}, 304), ({"If-Match": '"x"'}, 412), ({"If-Modified-Since": LAST_MODIFIED}, 304)):
+        recorded(client).clear()
+        assert client.get(path, headers=headers).status_code == status
+        assert sum(recorded(client)) < 64 << 10, (headers, recorded(client))

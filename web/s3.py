@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from desq.conditional import http_date, served_type
+from desq.conditional import PRECONDITIONS, Validators, http_date, served_type
 from desq.container import ChecksumMismatch, ContainerError, MemberNotFound
 from desq.files import FileService, FilesError
 from desq.layout import yyyymmdd
@@ -225,31 +225,25 @@ def get_object(operation: Operation) -> Response:
         raise S3Error("NoSuchKey", "The specified key does not exist.")
     archive = service.archive
     meta: Any = None
+    verdict = None
     size = archive.size_hint(where.container, where.name)
-    if size is None:
+    conditional = any(name in request.headers for name in PRECONDITIONS)
+    if size is None or conditional:  # decided from the metadata, before any of the bytes are read
         meta = archive.meta(where.container, where.name)
         size = meta.size
-    unsatisfiable: S3Error | None = None
-    try:
-        bounds = byte_range(request.headers.get("Range"), size)
-    except S3Error as exc:
-        bounds, unsatisfiable = None, exc
+        validators = validators_of(meta)
+        verdict = preconditions(request.headers, validators.etag, validators.last_modified)
+    if verdict == 412:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    if verdict == 304:
+        return FileResponse(status=304, headers=_object_headers(validators))
+    bounds = byte_range(request.headers.get("Range"), size)
     chunks = None
-    if request.method == "HEAD" or unsatisfiable is not None:
+    if request.method == "HEAD":
         meta = meta or archive.meta(where.container, where.name)
     else:
         meta, chunks = archive.open_range(where.container, where.name, *(bounds or (0, None)))
-    validators = validators_of(meta)
-    verdict = preconditions(request.headers, validators.etag, validators.last_modified)
-    if verdict == 412:
-        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    headers = {"ETag": f'"{validators.etag}"', "Accept-Ranges": "bytes"}
-    if validators.last_modified is not None:
-        headers["Last-Modified"] = http_date(validators.last_modified)
-    if verdict == 304:
-        return FileResponse(status=304, headers=headers)
-    if unsatisfiable is not None:
-        raise unsatisfiable
+    headers = _object_headers(validators_of(meta))
     start, stop = bounds or (0, meta.size)
     first = next(chunks, b"") if chunks is not None else b""
     body = stream(first, chunks) if chunks is not None else b""
@@ -258,6 +252,13 @@ def get_object(operation: Operation) -> Response:
     if bounds:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{meta.size}"
     return response
+
+
+def _object_headers(validators: Validators) -> dict[str, str]:
+    headers = {"ETag": f'"{validators.etag}"', "Accept-Ranges": "bytes"}
+    if validators.last_modified is not None:
+        headers["Last-Modified"] = http_date(validators.last_modified)
+    return headers
 
 
 HANDLERS = {
