@@ -243,6 +243,7 @@ class WebSettings:
 
     backends: tuple[str, ...] = opt((), "router: base URLs of files-API instances", check=_check_backends)
     api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=_check_tokens, secret=True)
+    cache_max_age: int = opt(86400, "seconds a file answer stays fresh in caches (Cache-Control max-age; a member never changes under its ETag)", min=0, max=2**31)
     original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=_check_original_url)
     index_cache_bytes: int = opt(256 << 20, "memory for cached container indexes, per files-API worker process", min=0, max=1 << 40)
     registry_url: str = opt("", "redis://... where files-API instances announce themselves to routers; empty: only web.backends", check=_check_broker_url)

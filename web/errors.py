@@ -6,7 +6,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 # HTTP status -> the contract's error code, for errors raised by Flask/werkzeug themselves.
-_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 416: "bad_range", 503: "unavailable"}
+_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 412: "precondition_failed", 416: "bad_range", 503: "unavailable"}
 
 
 def error_response(status: int, code: str, message: str) -> Response:

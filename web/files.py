@@ -1,25 +1,27 @@
 """``GET``/``HEAD /files/<name>`` and ``GET /meta/<name>`` (CONTRACT section 6).
 
-Ranges, If-None-Match and 416 follow werkzeug's parsing of the request over a view of the member
-(its first byte is offset 0, its size the complete length); only the bytes asked for are read from
-storage, streamed, and each block is checked before it is sent. A multi-range request is answered
-with the whole file, which RFC 9110 allows a server to do; so is a Range whose If-Range does not
-name the file's exact (strong) ETag. A suffix range longer than the file means all of it.
+Conditional headers and ranges are decided by ``desq.conditional`` in RFC 9110's order (412, 304,
+then 206/416) before any of the member's bytes are read; only the bytes asked for are then read
+from storage, streamed, and each block is checked before it is sent. Every 200, 206 and 304 carries
+the ETag, Cache-Control (``web.cache_max_age``; private when tokens are on) and, for members with a
+created_at, Last-Modified. The Content-Type is the stored one exactly.
 """
 
 from __future__ import annotations
 
 import hmac
+import mimetypes
 import os
 import threading
 import zlib
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file
-from werkzeug.datastructures import ContentRange, Range
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
 
+from desq.conditional import PRECONDITIONS, Validators, cache_control, decide, http_date, last_modified, needs_validators, served_type
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
 from desq.files import FileService, FilesError, NotFoundError, original_root
 from desq.storage import NotFound, StorageError, StorageUnavailable
@@ -109,27 +111,54 @@ def _failure(exc: Exception) -> Response:
     raise exc
 
 
-def _bounds(ranges: Range, size: int) -> tuple[int, int] | None:
-    """``[start, stop)`` of the one byte range asked for in a file of ``size`` bytes; None if unsatisfiable.
+class FileResponse(Response):
+    """A Response whose 304 keeps Last-Modified: werkzeug drops it with RFC 2616's entity headers,
+    but RFC 9110 15.4.5 lets a 304 carry what guides cache updates, and CONTRACT section 6 sends it."""
 
-    A suffix longer than the file means all of it (RFC 9110 14.1.2); werkzeug would refuse it.
-    """
-    start, stop = ranges.ranges[0]
-    if stop is None and start < 0:
-        return (max(0, size + start), size) if size else None
-    return ranges.range_for_length(size)
+    def get_wsgi_headers(self, environ: Any) -> Any:
+        headers = super().get_wsgi_headers(environ)
+        if self.status_code == 304 and "Last-Modified" in self.headers:
+            headers["Last-Modified"] = self.headers["Last-Modified"]
+        return headers
 
 
-def _if_range_holds(etag: str) -> bool:
-    """No If-Range, or one naming exactly this strong ETag (RFC 9110 13.1.5); else the Range is ignored."""
-    value = request.headers.get("If-Range")
-    return value is None or value.strip() == f'"{etag}"'
+_ASKED = {name: "HTTP_" + name.upper().replace("-", "_") for name in (*PRECONDITIONS, "Range", "If-Range")}
+
+
+def asked() -> dict[str, str]:
+    """The request's conditional and Range headers, read from the WSGI environ once (werkzeug's
+    headers object scans all of it for each name looked up)."""
+    environ = request.environ
+    return {name: environ[key] for name, key in _ASKED.items() if key in environ}
+
+
+def validators_of(meta: Any) -> Validators:
+    """What conditional headers compare with: the member's ETag and Last-Modified (its created_at)."""
+    return Validators(etag_of(meta), last_modified(meta.created_at, datetime.now(timezone.utc)))
+
+
+def file_headers(validators: Validators) -> dict[str, str]:
+    """ETag, Cache-Control and (when the file's time is known) Last-Modified: the same on its 200, 206 and 304."""
+    web = service().settings.web
+    headers = {"ETag": f'"{validators.etag}"', "Cache-Control": cache_control(web.cache_max_age, private=bool(web.api_tokens))}
+    if validators.last_modified is not None:
+        headers["Last-Modified"] = http_date(validators.last_modified)
+    return headers
+
+
+def refusal(status: int, size: int) -> Response:
+    """The JSON 412 or 416 (with ``Content-Range: bytes */size``) of a file of ``size`` bytes."""
+    if status == 412:
+        return error_response(412, "precondition_failed", "If-Match or If-Unmodified-Since does not hold for this file")
+    response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
+    response.headers["Content-Range"] = f"bytes */{size}"
+    return response
 
 
 def _original(url: str) -> Response:
     """uid mode, a file newer than the cutoff: a 307 to where it lives (S3: a presigned URL), or
-    for a file:// original, the file itself (Range and ETag by werkzeug), never one outside the
-    template's folder (a symbolic link out of it included)."""
+    for a file:// original, the file itself, never one outside the template's folder (a symbolic
+    link out of it included)."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         url = current_app.extensions["desq.presigner"].url(parts.netloc, unquote(parts.path.lstrip("/")))
@@ -142,8 +171,58 @@ def _original(url: str) -> Response:
             return error_response(404, "not_found", "the original is outside the folder of web.original_url")
         if not os.path.isfile(path):
             return error_response(404, "not_found", "the original is not there")
-        return send_file(path, conditional=True, etag=True)
-    return redirect(url, code=307)
+        return _live_file(path)
+    response = redirect(url, code=307)
+    response.headers["Cache-Control"] = "no-store"  # a presigned URL expires; an archived file is served here
+    return response
+
+
+def _live_file(path: str) -> Response:
+    """A file:// original, decided like a member (in RFC 9110's order) from what the file is now:
+    its ETag from its inode, size and mtime, Last-Modified its mtime, and ``Cache-Control: no-cache``
+    (it is not archived yet and may still change)."""
+    handle = open(path, "rb")  # noqa: SIM115 - closed by the body, or below
+    try:
+        info = os.fstat(handle.fileno())
+        moment = last_modified(datetime.fromtimestamp(info.st_mtime, timezone.utc), datetime.now(timezone.utc))
+        validators = Validators(f"live-{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}", moment)
+        answer = decide(asked(), info.st_size, validators)
+        if answer.status in (200, 206) and request.method == "GET":
+            handle.seek(answer.start)
+            body: Any = _read_file(handle, answer.stop - answer.start)
+        else:
+            handle.close()
+            body = b""
+    except BaseException:
+        handle.close()
+        raise
+    if answer.status in (412, 416):
+        return refusal(answer.status, info.st_size)
+    headers = {"ETag": f'"{validators.etag}"', "Cache-Control": "no-cache"}
+    if moment is not None:
+        headers["Last-Modified"] = http_date(moment)
+    if answer.status == 304:
+        return FileResponse(status=304, headers=headers)
+    kind = mimetypes.guess_type(os.path.basename(path))[0] or "application/octet-stream"
+    response = Response(body, status=answer.status, content_type=kind, headers=headers, direct_passthrough=True)
+    response.headers["Content-Length"] = str(answer.stop - answer.start)
+    response.headers["Accept-Ranges"] = "bytes"
+    if answer.status == 206:
+        response.headers["Content-Range"] = f"bytes {answer.start}-{answer.stop - 1}/{info.st_size}"
+    return response
+
+
+def _read_file(handle: Any, length: int, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """``length`` bytes of an open file from where it is, then the file closed (also if the client leaves)."""
+    try:
+        while length > 0:
+            chunk = handle.read(min(chunk_size, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()
 
 
 def stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -160,43 +239,41 @@ def stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 @files.route("/files/<path:name>", methods=["GET", "HEAD"])
 def get_file(name: str) -> Response:
+    """A member: decided from the index's size and, when a conditional header needs them, its
+    metadata; its bytes are read only for a 200 or 206 GET."""
     try:
         target = service().locate(name, request.args.get("created_at"))
         if target.original is not None:
             return _original(target.original)
         archive = service().archive
-        start, stop, partial = 0, None, False
-        ranges = request.range
-        size = archive.size_hint(target.container, target.name) if ranges is not None else None
-        if ranges is not None and ranges.units == "bytes" and len(ranges.ranges) == 1 and size is not None:
-            bounds = _bounds(ranges, size)
-            if bounds is None:
-                if "If-Range" not in request.headers or _if_range_holds(etag_of(archive.meta(target.container, target.name))):
-                    response = error_response(416, "bad_range", f"the range is outside the file's {size} bytes")
-                    response.headers["Content-Range"] = ContentRange("bytes", None, None, size).to_header()
-                    return response
-            else:
-                (start, stop), partial = bounds, True
-        meta, chunks = archive.open_range(target.container, target.name, start, stop)
-        etag = etag_of(meta)
-        if partial and not _if_range_holds(etag):  # not the file the client holds part of: all of it
-            meta, chunks = archive.open_range(target.container, target.name)
-            start, stop, partial = 0, None, False
-        if request.if_none_match.contains_weak(etag):  # If-None-Match compares weakly (RFC 9110 13.1.2)
-            response = Response(status=304)
-            response.set_etag(etag)
-            return response
-        stop = meta.size if stop is None else stop
-        first = next(chunks, b"") if request.method != "HEAD" else b""
+        headers = asked()
+        meta: Any = None
+        validators: Validators | None = None
+        size = archive.size_hint(target.container, target.name)
+        if size is None or needs_validators(headers):
+            meta = archive.meta(target.container, target.name)
+            size, validators = meta.size, validators_of(meta)
+        answer = decide(headers, size, validators)
+        if answer.status in (412, 416):
+            return refusal(answer.status, size)
+        if answer.status == 304:
+            assert validators is not None
+            return FileResponse(status=304, headers=file_headers(validators))
+        chunks: Iterator[bytes] = iter(())
+        if request.method == "GET":
+            meta, chunks = archive.open_range(target.container, target.name, answer.start, answer.stop)
+        elif meta is None:
+            meta = archive.meta(target.container, target.name)
+        first = next(chunks, b"")
     except Exception as exc:  # noqa: BLE001 - mapped to the contract's errors, re-raised if unknown
         return _failure(exc)
 
-    response = Response(stream(first, chunks) if request.method != "HEAD" else b"", status=206 if partial else 200, mimetype=meta.content_type or "application/octet-stream", direct_passthrough=True)
-    response.headers["Content-Length"] = str(stop - start)
+    body = stream(first, chunks) if request.method == "GET" else b""
+    response = Response(body, status=answer.status, content_type=served_type(meta.content_type), headers=file_headers(validators or validators_of(meta)), direct_passthrough=True)
+    response.headers["Content-Length"] = str(answer.stop - answer.start)
     response.headers["Accept-Ranges"] = "bytes"
-    response.set_etag(etag)
-    if partial:
-        response.headers["Content-Range"] = ContentRange("bytes", start, stop, meta.size).to_header()
+    if answer.status == 206:
+        response.headers["Content-Range"] = f"bytes {answer.start}-{answer.stop - 1}/{meta.size}"
     return response
 
 

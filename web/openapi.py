@@ -17,21 +17,22 @@ openapi = Blueprint("openapi", __name__)
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _NAME = {"name": "name", "in": "path", "required": True, "description": "name-mode name, or the uid in uid mode", "schema": {"type": "string"}}
 _CREATED = {"name": "created_at", "in": "query", "required": False, "description": "uid mode: YYYY-MM-DD or ISO 8601", "schema": {"type": "string"}}
+_CONDITIONAL = ("Range", "If-Match", "If-Unmodified-Since", "If-None-Match", "If-Modified-Since", "If-Range")
 _AUTH: list[dict[str, list[str]]] = [{}, {"bearer": []}]
 
 
 def _file_op(summary: str, body: bool) -> dict[str, Any]:
-    ok = {"description": "the file", "headers": {"ETag": {"schema": {"type": "string"}}, "Accept-Ranges": {"schema": {"type": "string"}}}}
+    ok = {"description": "the file", "headers": {h: {"schema": {"type": "string"}} for h in ("ETag", "Accept-Ranges", "Cache-Control", "Last-Modified")}}
     if body:
         ok["content"] = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     return {
         "summary": summary,
-        "parameters": [_NAME, _CREATED, {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}}, {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}],
+        "parameters": [_NAME, _CREATED, *({"name": h, "in": "header", "required": False, "schema": {"type": "string"}} for h in _CONDITIONAL)],
         "security": _AUTH,
         "responses": {
-            "200": ok, "206": ok | {"description": "part of the file"}, "304": {"description": "not modified"},
+            "200": ok, "206": ok | {"description": "part of the file"}, "304": {"description": "not modified", "headers": ok["headers"]},
             "307": {"description": "uid mode: not archived yet, read it from the original"},
-            "400": _ERROR, "401": _ERROR, "404": _ERROR, "416": _ERROR, "500": _ERROR, "503": _ERROR,
+            "400": _ERROR, "401": _ERROR, "404": _ERROR, "412": _ERROR, "416": _ERROR, "500": _ERROR, "503": _ERROR,
         },
     }
 

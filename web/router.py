@@ -27,7 +27,7 @@ from web.registry import Backends
 
 router = Blueprint("router", __name__)
 
-FORWARDED = ("Range", "If-None-Match", "If-Range", "If-Modified-Since", "Authorization", "Accept", "User-Agent")
+FORWARDED = ("Range", "If-Match", "If-Unmodified-Since", "If-None-Match", "If-Range", "If-Modified-Since", "Authorization", "Accept", "User-Agent")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
 PROXIED = Counter("desq_router_requests_total", "Requests forwarded", ["backend", "status"])
 ERRORS = Counter("desq_router_errors_total", "Backends that failed a forwarded request", ["backend"])

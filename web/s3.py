@@ -6,6 +6,8 @@ and ``/metrics`` are the role's own paths (settings refuse a bucket of those nam
 first segment is NoSuchBucket. Every answer is S3's: XML bodies and errors, ``x-amz-request-id``.
 Writes are refused before authentication (nothing is hashed, nothing changes); reads are
 authenticated (SigV4) when ``s3.credentials`` is set, then decided by ``desq.s3.requests``.
+Objects carry ETag and Last-Modified but, like S3's own objects stored without that metadata, no
+Cache-Control: S3 clients do not cache, and sync tools would copy one onto every object they write.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import http_date
 from werkzeug.routing import PathConverter
 
+from desq.conditional import PRECONDITIONS, Validators, http_date, served_type
 from desq.container import ChecksumMismatch, ContainerError, MemberNotFound
 from desq.files import FileService, FilesError
 from desq.layout import yyyymmdd
@@ -34,7 +36,7 @@ from desq.s3.tokens import decode_token, encode_token
 from desq.settings import Settings
 from desq.storage import NotFound, StorageError
 from web import metrics
-from web.files import etag_of, stream
+from web.files import FileResponse, stream, validators_of
 from web.health import health
 from web.s3_auth import authenticate
 
@@ -223,39 +225,40 @@ def get_object(operation: Operation) -> Response:
         raise S3Error("NoSuchKey", "The specified key does not exist.")
     archive = service.archive
     meta: Any = None
+    verdict = None
     size = archive.size_hint(where.container, where.name)
-    if size is None:
+    conditional = any(name in request.headers for name in PRECONDITIONS)
+    if size is None or conditional:  # decided from the metadata, before any of the bytes are read
         meta = archive.meta(where.container, where.name)
         size = meta.size
-    unsatisfiable: S3Error | None = None
-    try:
-        bounds = byte_range(request.headers.get("Range"), size)
-    except S3Error as exc:
-        bounds, unsatisfiable = None, exc
+        validators = validators_of(meta)
+        verdict = preconditions(request.headers, validators.etag, validators.last_modified)
+    if verdict == 412:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+    if verdict == 304:
+        return FileResponse(status=304, headers=_object_headers(validators))
+    bounds = byte_range(request.headers.get("Range"), size)
     chunks = None
-    if request.method == "HEAD" or unsatisfiable is not None:
+    if request.method == "HEAD":
         meta = meta or archive.meta(where.container, where.name)
     else:
         meta, chunks = archive.open_range(where.container, where.name, *(bounds or (0, None)))
-    etag = etag_of(meta)
-    verdict = preconditions(request.headers, etag, meta.created_at)
-    if verdict == 412:
-        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    headers = {"ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-    if meta.created_at is not None:
-        headers["Last-Modified"] = http_date(meta.created_at)
-    if verdict == 304:
-        return Response(status=304, headers=headers)
-    if unsatisfiable is not None:
-        raise unsatisfiable
+    headers = _object_headers(validators_of(meta))
     start, stop = bounds or (0, meta.size)
     first = next(chunks, b"") if chunks is not None else b""
     body = stream(first, chunks) if chunks is not None else b""
-    response = Response(body, status=206 if bounds else 200, content_type=meta.content_type or "application/octet-stream", headers=headers, direct_passthrough=True)
+    response = Response(body, status=206 if bounds else 200, content_type=served_type(meta.content_type), headers=headers, direct_passthrough=True)
     response.headers["Content-Length"] = str(stop - start)
     if bounds:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{meta.size}"
     return response
+
+
+def _object_headers(validators: Validators) -> dict[str, str]:
+    headers = {"ETag": f'"{validators.etag}"', "Accept-Ranges": "bytes"}
+    if validators.last_modified is not None:
+        headers["Last-Modified"] = http_date(validators.last_modified)
+    return headers
 
 
 HANDLERS = {

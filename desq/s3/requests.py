@@ -4,7 +4,7 @@
 ``Operation`` or raises ``S3Error`` with S3's code. Writes of every kind (PUT, POST, DELETE: objects,
 multipart uploads, ``?acl``, ``?tagging``, ``?delete``) are refused with ``AccessDenied`` before
 anything else is looked at. ``preconditions`` and ``byte_range`` decide a GetObject's answer from its
-headers in RFC 9110's order (S3 follows it).
+headers in RFC 9110's order (S3 follows it) with ``desq.conditional``, as S3's errors.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
-from email.utils import parsedate_to_datetime
+from datetime import date, datetime, timezone
 
+from desq import conditional
 from desq.errors import LayoutError
 from desq.layout import parse_yyyymmdd
 
@@ -184,80 +184,18 @@ def listing_after(params: ListParams, decode: Callable[[str], str]) -> str:
         raise S3Error("InvalidArgument", "The continuation token provided is incorrect") from None
 
 
-# --- GetObject / HeadObject: conditions and ranges ---------------------------------------------
-
-
-def _tags(value: str) -> list[str]:
-    return [part.strip().removeprefix("W/").strip('"') for part in value.split(",") if part.strip()]
-
-
-def _date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return parsed if parsed.tzinfo is not None else None
+# --- GetObject / HeadObject: conditions and ranges, decided by desq.conditional -----------------
 
 
 def preconditions(headers: Mapping[str, str], etag: str, last_modified: datetime | None) -> int | None:
-    """412, 304, or None (serve), from the conditional headers in RFC 9110 13.2.2's order.
-
-    If-Match decides alone when present (else If-Unmodified-Since); then If-None-Match decides
-    alone when present (else If-Modified-Since). Dates compare at whole seconds; a date that does
-    not parse, or a file without a known time, leaves its header out.
-    """
-    modified = last_modified.replace(microsecond=0) if last_modified is not None else None
-    if_match = headers.get("If-Match")
-    if if_match is not None:
-        if "*" not in _tags(if_match) and etag not in _tags(if_match):
-            return 412
-    else:
-        since = _date(headers.get("If-Unmodified-Since"))
-        if since is not None and modified is not None and modified > since:
-            return 412
-    if_none_match = headers.get("If-None-Match")
-    if if_none_match is not None:
-        tags = _tags(if_none_match)
-        return 304 if "*" in tags or etag in tags else None
-    since = _date(headers.get("If-Modified-Since"))
-    if since is not None and modified is not None and modified <= since:
-        return 304
-    return None
-
-
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
-_HUGE = 1 << 63
-
-
-def _offset(digits: str) -> int:
-    """A range's number; one of over 19 digits is past any object (and never handed to ``int``,
-    which refuses strings of over 4,300 digits)."""
-    return int(digits) if len(digits) <= 19 else _HUGE
+    """412, 304, or None (serve), from the conditional headers in RFC 9110 13.2.2's order (S3 follows it)."""
+    return conditional.preconditions(headers, conditional.Validators(etag, conditional.last_modified(last_modified, datetime.now(timezone.utc))))
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``[start, stop)`` of a single ``Range: bytes=`` in a file of ``size`` bytes, or None: the whole
-    file (no header, or one that is malformed or asks for several ranges: both are ignored, as RFC
-    9110 allows). InvalidRange (416) when it starts past the end; a suffix longer than the file is
-    all of it."""
-    match = _RANGE.fullmatch((header or "").strip().replace(" ", ""))
-    if match is None or match.group(1) == match.group(2) == "":
-        return None
-    first, last = match.group(1), match.group(2)
-    if not first:
-        suffix = _offset(last)
-        if suffix == 0 or size == 0:
-            raise _unsatisfiable(size)
-        return max(0, size - suffix), size
-    start = _offset(first)
-    if last and _offset(last) < start:
-        return None
-    if start >= size:
-        raise _unsatisfiable(size)
-    return start, min(size, _offset(last) + 1) if last else size
-
-
-def _unsatisfiable(size: int) -> S3Error:
-    return S3Error("InvalidRange", "The requested range is not satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    """``[start, stop)`` of a single ``Range: bytes=``, or None (the whole file); InvalidRange
+    (416, with ``Content-Range: bytes */size``) when it is unsatisfiable."""
+    try:
+        return conditional.byte_range(header, size)
+    except conditional.Unsatisfiable as exc:
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", headers={"Content-Range": exc.content_range}) from None
