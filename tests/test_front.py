@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -211,6 +212,11 @@ def _hold(line: Line) -> None:
     assert probes >= 5 * HOLD_S and not failures, f"{len(failures)} of {probes} probes failed ({slow.connects} slow connections, {slow.drops} dropped): {failures[:10]}"
     assert slow.fewest_open >= 0.9 * SLOW_CLIENTS and slow.lines >= SLOW_CLIENTS, f"the slow clients did not keep at it: {vars(slow)}"
     assert line.process.poll() is None, line.log.read_text()[-3000:]
+    status, metrics = _get(line.port, "/metrics")  # gathered across the workers
+    answered = sum(float(v) for v in re.findall(rb"^desq_http_requests_total\{[^}]*\} (\S+)$", metrics, flags=re.M))
+    assert status == 200 and answered >= probes, f"{answered} requests in /metrics, {probes} probes"
+    log = line.log.read_text()
+    assert "Traceback" not in log and "MonkeyPatchWarning" not in log, log[-3000:]
 
 
 def test_the_web_line_answers_while_300_clients_send_headers_slowly(web: Line) -> None:

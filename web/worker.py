@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any
 
+import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 # The codes of the refusals gunicorn makes itself; any other status gets "http_error".
@@ -61,7 +62,18 @@ class _Captured:
 
 
 class JSONGeventWorker(GeventWorker):
-    """gunicorn's ``gevent`` worker whose own refusals are the contract's JSON errors."""
+    """gunicorn's ``gevent`` worker whose own refusals are the contract's JSON errors, and that lets
+    the other connections run after each request."""
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        kept = super().handle_request(listener_name, req, sock, addr)
+        # A keep-alive client whose next request is already buffered would otherwise be served
+        # again and again without a switch, keeping the worker's other connections waiting.
+        try:
+            gevent.sleep(0)
+        except gevent.GreenletExit:  # the worker is stopping: close this connection quietly
+            raise StopIteration() from None
+        return kept
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         captured = _Captured()
