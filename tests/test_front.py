@@ -164,7 +164,7 @@ class SlowClients:
                     self.lines += 1
                 except OSError:
                     socks[i].close()
-                    socks[i] = None
+                    socks[i] = self._open()  # straight back with another slow request
                     self.drops += 1
             self.fewest_open = min(self.fewest_open, sum(sock is not None for sock in socks))
             self.stopped.wait(0.05)
