@@ -1,14 +1,18 @@
 """gunicorn settings for the files API: ``gunicorn -c deploy/gunicorn.conf.py 'web:create_app()'``.
 
-Tunable through the usual variables: ``PORT`` (or ``BIND``), ``WEB_CONCURRENCY`` (worker processes),
-``WEB_THREADS`` (threads per worker), ``GUNICORN_CONTROL_SOCKET`` (gunicornc's socket; default: one
-per bind address). Reads are I/O-bound (storage range requests), so each worker
-runs threads; ``GUNICORN_CMD_ARGS`` overrides anything here. Prometheus metrics are collected across
+The worker class is web.worker's: gunicorn's gevent worker (one greenlet a connection, so slow or
+stalled clients hold no thread and everyone else is still answered) whose own refusals are the
+contract's JSON errors. Tunable through the usual variables: ``PORT`` (or ``BIND``),
+``WEB_CONCURRENCY`` (worker processes), ``WEB_CONNECTIONS`` (open connections per worker),
+``WEB_THREADS`` (threads per worker, should ``--worker-class gthread`` be chosen instead),
+``GUNICORN_CONTROL_SOCKET`` (gunicornc's socket; default: one per bind address);
+``GUNICORN_CMD_ARGS`` overrides anything here. Prometheus metrics are collected across
 workers in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh folder per start unless given).
 """
 
 import multiprocessing
 import os
+import resource
 import shutil
 import tempfile
 
@@ -19,13 +23,15 @@ _runtime = os.environ.get("XDG_RUNTIME_DIR")
 _ctl_dir = _runtime if _runtime and os.path.isdir(_runtime) else os.path.join(os.path.expanduser("~"), ".gunicorn")
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or os.path.join(_ctl_dir, "desq-" + "".join(c if c.isalnum() else "-" for c in bind) + ".ctl")
 # The box also runs beat and the packers (one process a queue range): half the cores in workers,
-# each with threads (reads wait on storage, not the CPU), not gunicorn's usual 2 × cores + 1.
+# each serving many connections at once (reads wait on storage, not the CPU), not gunicorn's usual
+# 2 × cores + 1.
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count() // 2)))
-worker_class = "gthread"
+worker_class = "web.worker.JSONGeventWorker"
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
 threads = int(os.environ.get("WEB_THREADS", "8"))
 timeout = 120  # a big member streams for a while; the worker must not be killed mid-stream
 graceful_timeout = 30
-keepalive = 5
+keepalive = 5  # also the most a gevent worker waits for a request's line and headers
 max_requests = 100_000  # recycle workers now and then, staggered so they never restart together
 max_requests_jitter = 10_000
 # gunicorn's largest; names are at most 255 bytes, so a longer request line is refused with 414
@@ -37,6 +43,13 @@ errorlog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 # Successful /healthz and /readyz probes are logged only at --log-level debug.
 logger_class = "web.access_log.AccessLog"
+
+# Each connection is a descriptor, and a read may hold a storage connection and a file beside it:
+# the soft limit (often 1024) is raised toward the hard one to fit them.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+_wanted = 3 * worker_connections + 1024
+if _soft != resource.RLIM_INFINITY and _soft < _wanted:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted if _hard == resource.RLIM_INFINITY else min(_wanted, _hard), _hard))
 
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 _own_metrics_dir = _metrics_dir is None

@@ -57,3 +57,26 @@ def test_each_gunicorn_master_has_its_own_control_socket() -> None:
     web, router = _gunicorn_setting("control_socket", PORT="8080"), _gunicorn_setting("control_socket", PORT="8081")
     assert web != router and web.endswith(".ctl") and "8080" in web and "8081" in router
     assert _gunicorn_setting("control_socket", PORT="8080", GUNICORN_CONTROL_SOCKET="/run/desq/web.ctl") == "/run/desq/web.ctl"
+
+
+def test_the_web_roles_run_the_json_gevent_worker_with_their_knobs() -> None:
+    assert _gunicorn_setting("worker_class") == "web.worker.JSONGeventWorker"
+    assert _gunicorn_setting("worker_connections") == "1000"
+    assert _gunicorn_setting("worker_connections", WEB_CONNECTIONS="300") == "300"
+    assert _gunicorn_setting("workers", WEB_CONCURRENCY="3") == "3"
+    assert _gunicorn_setting("worker_class", GUNICORN_CMD_ARGS="--worker-class gthread") == "gthread"
+
+
+def test_the_config_raises_a_low_soft_descriptor_limit_to_fit_the_connections(tmp_path: Path) -> None:
+    script = (
+        "import resource, runpy\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "runpy.run_path('deploy/gunicorn.conf.py')\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WEB_CONNECTIONS"} | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    soft, hard = (int(n) for n in result.stdout.split())
+    assert soft == min(3 * 1000 + 1024, hard) and soft > 256
