@@ -2,11 +2,11 @@
 
 The shard comes from the layout (the same validation as the files API, so a malformed name is a
 400 here too); the owner and its failover come from the consistent-hash ring. Every end-to-end
-request header goes through (Range, the conditional headers, Authorization, Accept-Encoding, ...),
-hop-by-hop ones and Host do not; with ``web.api_tokens`` set, the router checks the token itself
-before asking any backend. The backend's status, headers and body come back unchanged and unbuffered
-over keep-alive connections (``web.upstream``). A connect error or a 503 from the owner sends the
-request to the next choice.
+request header goes through (Range, the conditional headers, Authorization, Accept-Encoding, ...);
+hop-by-hop ones and Host do not, nor (no request body is forwarded) those describing a body. With
+``web.api_tokens`` set, the router checks the token itself before asking any backend. The backend's
+status, headers and body come back unchanged and unbuffered over keep-alive connections
+(``web.upstream``). A connect error or a 503 from the owner sends the request to the next choice.
 
 A forwarded GET or HEAD never enters Flask: ``Forwarder`` wraps the app's WSGI callable and answers
 it with no request or response objects (on two cores the router shares the CPU with its backends,
@@ -46,7 +46,8 @@ NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "content-type", "expect"
 """Request headers kept back: hop-by-hop ones, Host (the backend's own is sent), and those that
 describe a request body, which the router never forwards."""
 NOT_RELAYED = HOP_BY_HOP | {"date", "server"}
-"""Answer headers kept back: hop-by-hop ones, and those gunicorn writes itself (else they would come twice)."""
+"""Answer headers kept back: hop-by-hop ones, and the two the serving gunicorn writes itself (it would
+drop the backend's after checking them)."""
 
 StartResponse = Callable[..., Any]
 
