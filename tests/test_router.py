@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -317,3 +318,10 @@ def test_through_gunicorn_with_each_worker_class(tmp_path: Path, archive: tuple[
     finally:
         router.stop()
         backend.stop()
+
+
+def test_a_name_is_sent_on_percent_encoded_as_the_files_api_decodes_it(router_before: Any) -> None:
+    client, (owner,) = router_before(lambda head: answer(body=b"ok"))
+    for name, sent in (("20251120_a b%2F", "20251120_a%20b%252F"), ("20251120_ünï?x", "20251120_%C3%BCn%C3%AF%3Fx"), ("20251120_x.y~z-1", "20251120_x.y~z-1")):
+        assert client.get("/files/" + quote(name, safe=""), query_string="created_at=2025-11-20").data == b"ok"
+        assert owner.heads[-1].split(b"\r\n")[0] == f"GET /files/{sent}?created_at=2025-11-20 HTTP/1.1".encode()
