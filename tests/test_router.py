@@ -325,3 +325,16 @@ def test_a_name_is_sent_on_percent_encoded_as_the_files_api_decodes_it(router_be
     for name, sent in (("20251120_a b%2F", "20251120_a%20b%252F"), ("20251120_ünï?x", "20251120_%C3%BCn%C3%AF%3Fx"), ("20251120_x.y~z-1", "20251120_x.y~z-1")):
         assert client.get("/files/" + quote(name, safe=""), query_string="created_at=2025-11-20").data == b"ok"
         assert owner.heads[-1].split(b"\r\n")[0] == f"GET /files/{sent}?created_at=2025-11-20 HTTP/1.1".encode()
+
+
+def test_an_unexpected_failure_in_the_forwarder_is_the_contracts_json_500(router_before: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from web import router as module
+
+    client, _ = router_before(lambda head: answer(body=b"ok"))
+
+    def broken(environ: dict[str, Any]) -> list[tuple[str, str]]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(module, "forwarded_headers", broken)
+    got = client.get(f"/files/{NAME}")
+    assert (got.status_code, got.json) == (500, {"error": "internal_error", "message": "internal error"})

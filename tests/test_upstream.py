@@ -24,7 +24,7 @@ def test_status_lines() -> None:
     assert parse_status(b"HTTP/1.1 206 Partial Content\r\n") == (206, "Partial Content", True)
     assert parse_status(b"HTTP/1.0 200 OK\r\n") == (200, "OK", False)
     assert parse_status(b"HTTP/1.1 304\r\n") == (304, "", True)
-    for bad in (b"", b"\r\n", b"HTTP/2 200 OK\r\n", b"HTTP/1.1 20 OK\r\n", b"HTTP/1.1 abc OK\r\n", b"SSH-2.0-OpenSSH\r\n"):
+    for bad in (b"", b"\r\n", b"HTTP/2 200 OK\r\n", b"HTTP/1.1 20 OK\r\n", b"HTTP/1.1 abc OK\r\n", "HTTP/1.1 2²0 OK\r\n".encode("latin-1"), b"SSH-2.0-OpenSSH\r\n"):
         with pytest.raises(UpstreamError):
             parse_status(bad)
 
@@ -45,7 +45,7 @@ def test_framing_follows_rfc_9112() -> None:
     assert framing("GET", 200, [("Transfer-Encoding", "gzip")]) is None  # read to the close
     assert framing("GET", 200, []) is None
     assert framing("GET", 200, [*length, ("content-length", "5")]) == 5
-    for bad in ([*length, ("Content-Length", "6")], [("Content-Length", "-1")], [("Content-Length", "5 5")]):
+    for bad in ([*length, ("Content-Length", "6")], [("Content-Length", "-1")], [("Content-Length", "5 5")], [("Content-Length", "²")]):
         with pytest.raises(UpstreamError):
             framing("GET", 200, bad)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ from web.registry import Backends
 from web.upstream import HOP_BY_HOP, Answer, UpstreamError, connection_names
 
 router = Blueprint("router", __name__)
+log = logging.getLogger(__name__)
 
 PROXIED = Counter("desq_router_requests_total", "Requests forwarded", ["backend", "status"])
 ERRORS = Counter("desq_router_errors_total", "Backends that failed a forwarded request", ["backend"])
@@ -107,7 +109,11 @@ class Forwarder:
             path = environ.get("PATH_INFO", "")
             for prefix, endpoint in ROUTES:
                 if path.startswith(prefix):
-                    return self.forward(environ, start_response, method, prefix, path[len(prefix) :], endpoint)
+                    try:
+                        return self.forward(environ, start_response, method, prefix, path[len(prefix) :], endpoint)
+                    except Exception:  # noqa: BLE001 - as the Flask app's own handler: JSON, never a traceback
+                        log.exception("unhandled error forwarding %s", prefix)
+                        return _error(start_response, "500 INTERNAL SERVER ERROR", "internal_error", "internal error")
         return self.app(environ, start_response)
 
     def forward(self, environ: dict[str, Any], start_response: StartResponse, method: str, prefix: str, raw: str, endpoint: str) -> Iterable[bytes]:
@@ -126,11 +132,8 @@ class Forwarder:
         target = prefix + (name if _UNRESERVED(name) else quote(name, safe="")) + ("?" + query if query else "")
         answer = self.answer(order, method, target, forwarded_headers(environ))
         if answer is None:
-            message = f"no backend for shard {shard_hex(shard, self.group.bits)} answered"
-            body = json.dumps({"error": "unavailable", "message": message}).encode()
-            start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             metrics.answered(endpoint, 503, time.perf_counter() - started)
-            return [body]
+            return _error(start_response, "503 SERVICE UNAVAILABLE", "unavailable", f"no backend for shard {shard_hex(shard, self.group.bits)} answered")
         answer, body = answer
         start_response(f"{answer.status} {answer.reason}", relayed_headers(answer.headers))
         metrics.answered(endpoint, answer.status, time.perf_counter() - started)
@@ -171,6 +174,13 @@ class Forwarder:
         if breaker is not None:
             breaker.failed()
         _series(ERRORS, backend).inc()
+
+
+def _error(start_response: StartResponse, status: str, code: str, message: str) -> list[bytes]:
+    """The contract's JSON error, straight to WSGI."""
+    body = json.dumps({"error": code, "message": message}).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def backends() -> Backends:

@@ -63,7 +63,7 @@ def parse_status(line: bytes) -> tuple[int, str, bool]:
     """``HTTP/1.1 200 OK`` -> (200, "OK", whether the version is 1.1 or later); UpstreamError if it is not a status line."""
     version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
         raise UpstreamError(f"not an HTTP/1.x status line: {line[:80]!r}")
     return int(code), reason, version != "HTTP/1.0"
 
@@ -94,7 +94,7 @@ def framing(method: str, status: int, headers: list[tuple[str, str]]) -> int | s
         if lower == "transfer-encoding":
             return "chunked" if value.lower().rsplit(",", 1)[-1].strip() == "chunked" else None
         if lower == "content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
+            if not (value.isascii() and value.isdigit()) or (length is not None and int(value) != length):
                 raise UpstreamError(f"bad Content-Length {value!r}")
             length = int(value)
     return length
