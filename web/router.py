@@ -53,7 +53,7 @@ NOT_RELAYED = HOP_BY_HOP | {"date", "server"}
 drop the backend's after checking them)."""
 
 StartResponse = Callable[..., Any]
-_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+").fullmatch
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 """A name of these characters only needs no quoting (quote() costs more than the match)."""
 
 
@@ -129,7 +129,7 @@ class Forwarder:
         if not order:
             return self.app(environ, start_response)
         query = environ.get("QUERY_STRING")
-        target = prefix + (name if _UNRESERVED(name) else quote(name, safe="")) + ("?" + query if query else "")
+        target = prefix + (name if _UNRESERVED.fullmatch(name) else quote(name, safe="")) + ("?" + query if query else "")
         answer = self.answer(order, method, target, forwarded_headers(environ))
         if answer is None:
             metrics.answered(endpoint, 503, time.perf_counter() - started)
