@@ -337,7 +337,7 @@ def router(quick: bool, **_: Any) -> Result:
     r = router_vs_direct(quick)
     if "figure" in r:
         d = r["details"]
-        r["progress"] = _progress(r["ratio"], 0.7)
+        r["progress"] = _progress(r["ratio"], 0.5)
         r["plot"] = {"unit": "requests/s", "bars": [_bar("through the router", d["desq"]["requests_per_s"]), _bar("files API alone", d["anchor"]["requests_per_s"])]}
     return r
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from desq.errors import LayoutError
 from desq.failpoints import failpoint
-from desq.layout import Layout, Location
+from desq.layout import Layout, Location, parse_name, shard_of_name
 
 if TYPE_CHECKING:
     from desq.archive import Archive
@@ -111,7 +111,8 @@ class NameMode(Mode):
         return self.layout.locate_name(name)
 
     def shard_of(self, name: str) -> int:
-        return self.layout.locate_name(name).shard
+        parse_name(name)  # locate's validation, without building the Location (the router asks this per request)
+        return shard_of_name(name, self.layout.shard_bits)
 
     def name_pattern(self) -> str:
         return rf"^(?:[A-Za-z0-9-]+_)?[0-9]{{8}}_{NAME_CHAR}+$"

@@ -32,6 +32,21 @@ def test_name_mode_locates_by_the_name_alone() -> None:
         mode.locate("7.txt")
 
 
+@pytest.mark.parametrize("name", ["7.txt", "20251114_", "20251314_7", "x_y_20251114_7", "20251114_a/b", "20251114_\x00", "20251114_" + "x" * 300])
+def test_name_mode_shard_of_refuses_what_locate_refuses(name: str) -> None:
+    mode = mode_for(layout("name"))
+    with pytest.raises(LayoutError):
+        mode.locate(name)
+    with pytest.raises(LayoutError):
+        mode.shard_of(name)
+
+
+def test_name_mode_shard_of_is_the_located_shard() -> None:
+    mode = mode_for(layout("name"))
+    for name in ("20251114_7.txt", "pre-fix_20251114_7", "20251114_ünïcode", "20240229_x"):
+        assert mode.shard_of(name) == mode.locate(name).shard
+
+
 def test_uid_mode_needs_the_created_at() -> None:
     mode = mode_for(layout("uid"))
     where = mode.locate("7", "2025-11-14T23:59:59Z")

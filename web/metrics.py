@@ -105,6 +105,12 @@ def render() -> Response:
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
+def answered(endpoint: str, status: int, seconds: float) -> None:
+    """Count one answer of ``endpoint`` and the time to its first byte."""
+    _child(REQUESTS, endpoint, str(status)).inc()
+    _child(LATENCY, endpoint).observe(seconds)
+
+
 def instrument(app: Flask) -> None:
     """Count and time every request by endpoint (the route, never the name asked for)."""
 
@@ -115,8 +121,9 @@ def instrument(app: Flask) -> None:
     @app.after_request
     def _done(response: Response) -> Response:
         endpoint = request.endpoint or "unknown"
-        _child(REQUESTS, endpoint, str(response.status_code)).inc()
         started = g.get("desq_started")
-        if started is not None:
-            _child(LATENCY, endpoint).observe(time.perf_counter() - started)
+        if started is None:
+            _child(REQUESTS, endpoint, str(response.status_code)).inc()
+        else:
+            answered(endpoint, response.status_code, time.perf_counter() - started)
         return response

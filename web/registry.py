@@ -10,6 +10,7 @@ import urllib3
 from desq.ownership import Ring
 from desq.settings import Settings
 from web.backend_health import Health, probe
+from web.upstream import Pool
 
 REGISTRY_PREFIX = "desq:backend:"
 
@@ -53,8 +54,10 @@ class Backends:
         self.bits = settings.shard_bits
         self.health: dict[str, Health] = {}
         self.ring = Ring([])
+        self._routes = (self.ring, {})
         self._set_members(list(settings.web.backends))
-        self.pool = urllib3.PoolManager(num_pools=16, maxsize=64, retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))
+        self.pool = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))  # the health probes
+        self.upstream = Pool(connect_timeout=2.0, read_timeout=timeout)  # forwarded requests
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._check_loop, name="router-health", daemon=True)
@@ -63,8 +66,10 @@ class Backends:
 
     def _set_members(self, members: list[str]) -> None:
         if sorted(set(members)) != self.ring.backends:
-            self.ring = Ring(members)
-            self.health = {b: self.health.get(b, Health()) for b in self.ring.backends}
+            ring = Ring(members)
+            self.health = {b: self.health.get(b, Health()) for b in ring.backends}
+            self.ring = ring
+            self._routes: tuple[Ring, dict[int, list[str]]] = (ring, {})
 
     def refresh(self) -> None:
         """Static backends plus live registrations (a backend that stops beating leaves the ring)."""
@@ -86,9 +91,18 @@ class Backends:
         probe(self.pool, self.health)
 
     def order(self, shard: int) -> list[str]:
-        """Where to send a request for ``shard``: healthy choices first, in ring order."""
-        choices = self.ring.choices(shard, self.bits, count=len(self.ring.backends))
-        return [b for b in choices if self.health[b].healthy] + [b for b in choices if not self.health[b].healthy]
+        """Where to send a request for ``shard``: healthy choices first, in ring order (the ring's
+        choices are worked out once per shard and ring; the caller must not change the list)."""
+        ring, known = self._routes
+        choices = known.get(shard)
+        if choices is None:
+            choices = known[shard] = ring.choices(shard, self.bits, count=len(ring.backends))
+        health = self.health
+        down = [b for b in choices if b in health and not health[b].healthy]
+        if not down:
+            return choices
+        return [b for b in choices if b not in down] + down
 
     def close(self) -> None:
         self._stop.set()
+        self.upstream.close()
