@@ -142,6 +142,13 @@ def cache_control(max_age: int, private: bool) -> str:
     return f"private, {age}" if private else age
 
 
+def made_private(value: str) -> str:
+    """A Cache-Control value with ``private`` (and never ``public``): what a router that checks tokens
+    sends on for a backend that checks none, so no shared cache keeps a token's answers."""
+    directives = [d.strip() for d in value.split(",") if d.strip() and d.strip().lower() not in ("public", "private")]
+    return ", ".join(["private", *directives])
+
+
 def served_type(stored: str | None) -> str:
     """The Content-Type of a member: the stored one exactly (no charset added), or
     application/octet-stream when none is stored or it is not text a header field can carry."""

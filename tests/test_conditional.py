@@ -8,7 +8,7 @@ import pytest
 
 from desq.conditional import (
     MAX_AGE_LIMIT, Answer, Unsatisfiable, Validators, byte_range, cache_control, decide, entity_tags, http_date,
-    if_range_holds, last_modified, needs_validators, parse_http_date, preconditions, served_type,
+    if_range_holds, last_modified, made_private, needs_validators, parse_http_date, preconditions, served_type,
 )
 
 MODIFIED = datetime(2025, 11, 20, 8, 30, 0, tzinfo=timezone.utc)
@@ -111,6 +111,14 @@ def test_last_modified_is_whole_seconds_in_utc_and_never_in_the_future() -> None
 @pytest.mark.parametrize(("max_age", "private", "value"), [(86400, False, "max-age=86400"), (0, True, "private, max-age=0"), (2**40, False, f"max-age={MAX_AGE_LIMIT}")])
 def test_cache_control(max_age: int, private: bool, value: str) -> None:
     assert cache_control(max_age, private) == value
+
+
+@pytest.mark.parametrize(("given", "made"), [
+    ("max-age=86400", "private, max-age=86400"), ("public, max-age=60", "private, max-age=60"), ("private, max-age=5", "private, max-age=5"),
+    ("PUBLIC,no-cache", "private, no-cache"), ("", "private"), (" , ,", "private"),
+])
+def test_made_private(given: str, made: str) -> None:
+    assert made_private(given) == made
 
 
 @pytest.mark.parametrize(

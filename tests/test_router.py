@@ -338,3 +338,17 @@ def test_an_unexpected_failure_in_the_forwarder_is_the_contracts_json_500(router
     monkeypatch.setattr(module, "forwarded_headers", broken)
     got = client.get(f"/files/{NAME}")
     assert (got.status_code, got.json) == (500, {"error": "internal_error", "message": "internal error"})
+
+
+def test_a_router_with_tokens_makes_every_answer_private_whatever_the_backend_says() -> None:
+    from web import create_app
+
+    raw = RawBackend(lambda head: answer(body=b"ok", headers=("Cache-Control: public, max-age=86400",)))
+    env = {"DESQ_WEB_BACKENDS": raw.url, "DESQ_WEB_HEALTH_INTERVAL": "3600", "DESQ_WEB_API_TOKENS": "router-token-0123456789"}
+    app = create_app(load_settings(env=env), role="router")
+    try:
+        got = app.test_client().get(f"/files/{NAME}", headers={"Authorization": "Bearer router-token-0123456789"})
+        assert (got.status_code, got.data, got.headers["Cache-Control"]) == (200, b"ok", "private, max-age=86400")
+    finally:
+        app.extensions["desq.backends"].close()
+        raw.close()

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from prometheus_client import Counter
 
+from desq.conditional import made_private
 from desq.layout import LayoutError, shard_hex
 from desq.mode import mode_for
 from desq.settings import Settings
@@ -135,7 +136,10 @@ class Forwarder:
             metrics.answered(endpoint, 503, time.perf_counter() - started)
             return _error(start_response, "503 SERVICE UNAVAILABLE", "unavailable", f"no backend for shard {shard_hex(shard, self.group.bits)} answered")
         answer, body = answer
-        start_response(f"{answer.status} {answer.reason}", relayed_headers(answer.headers))
+        headers = relayed_headers(answer.headers)
+        if self.tokens:
+            headers = [(k, made_private(v)) if k.lower() == "cache-control" else (k, v) for k, v in headers]
+        start_response(f"{answer.status} {answer.reason}", headers)
         metrics.answered(endpoint, answer.status, time.perf_counter() - started)
         return answer.chunks() if body is None else body
 
