@@ -97,7 +97,7 @@ def tar_stream(results: Iterable[tuple[Item, Served | Failure]], zone: tzinfo, o
             log.error("batch aborted: %s of %s gave %d bytes, its index says %d", item.name, item.container, sent, size)
             raise BatchAborted(f"member {item.name!r} gave {sent} bytes, not {size}")
         yield from put(padding(size))
-    body = json.dumps(errors, ensure_ascii=False, indent=1).encode() + b"\n"
+    body = json.dumps(errors, indent=1).encode() + b"\n"  # ASCII: a name asked with a lone surrogate is listed too
     yield from put(header(ERRORS_NAME, len(body), int(time.time())))
     yield from put(body)
     yield from put(padding(len(body)))

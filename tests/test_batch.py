@@ -394,3 +394,16 @@ def test_the_router_sends_a_batch_to_the_owner_of_most_then_to_the_others() -> N
     assert owner_order(["b", "a", "b"], ["a", "b", "c"]) == ["b", "a", "c"]
     assert owner_order(["c", "a", "a", "c"], ["a", "b", "c"]) == ["c", "a", "b"]  # a tie: the first asked
     assert owner_order([], ["a", "b"]) == ["a", "b"]  # no entry the layout can place
+
+
+def test_a_lone_surrogate_in_an_entry_is_its_error_not_the_whole_batchs(client: FlaskClient, tmp_path: Path) -> None:
+    body = b'{"names": ["20251120_\\ud800", "20251120_2"]}'
+    answer = client.post("/batch", data=body, content_type="application/json")
+    members, errors = untar(answer.data)
+    assert answer.status_code == 200 and [m.name for m, _ in members] == ["20251120_2"]
+    assert [(e["index"], e["name"], e["error"]) for e in errors] == [(0, "20251120_\ud800", "bad_request")]
+    env = {"DESQ_MODE": "uid", "DESQ_SOURCE_UID_KIND": "text", "DESQ_ARCHIVE_URL": str(tmp_path / "u")}
+    uid_client = create_app(load_settings(env=env)).test_client()
+    body = b'{"files": [{"uid": "a\\udfff", "created_at": "2025-11-20"}, {"uid": "b", "created_at": "2025-11-20\\ud800"}]}'
+    members, errors = untar(uid_client.post("/batch", data=body, content_type="application/json").data)
+    assert members == [] and [(e["index"], e["error"]) for e in errors] == [(0, "bad_request"), (1, "bad_request")]
