@@ -407,3 +407,48 @@ def test_a_lone_surrogate_in_an_entry_is_its_error_not_the_whole_batchs(client: 
     body = b'{"files": [{"uid": "a\\udfff", "created_at": "2025-11-20"}, {"uid": "b", "created_at": "2025-11-20\\ud800"}]}'
     members, errors = untar(uid_client.post("/batch", data=body, content_type="application/json").data)
     assert members == [] and [(e["index"], e["error"]) for e in errors] == [(0, "bad_request"), (1, "bad_request")]
+
+
+def test_the_router_never_reuses_a_connection_left_in_the_middle_of_an_answer() -> None:
+    from raw_backend import RawBackend, answer
+
+    busy = RawBackend(lambda head: answer("503 Service Unavailable", b'{"error": "unavailable", "message": "busy"}' * 50))
+    spare = RawBackend(lambda head: answer(body=b"\0" * 1024))
+    env = {"DESQ_WEB_BACKENDS": f"{busy.url},{spare.url}", "DESQ_WEB_HEALTH_INTERVAL": "3600"}
+    app = create_app(load_settings(env=env), role="router")
+    group = app.extensions["desq.backends"]
+    try:
+        client = app.test_client()
+        name = next(n for n in (f"20251120_{i}" for i in range(1000)) if group.order(load_settings(env=env).layout.locate_name(n).shard)[0] == busy.url)
+        for _ in range(3):  # the busy owner's 503 is left unread each time; its connection must not be reused
+            assert client.post("/batch", json={"names": [name]}).data == b"\0" * 1024
+        assert len(busy.heads) == 3 and {b["url"]: b["failures"] for b in client.get("/routing").json["backends"]}[busy.url] == 0
+        partial = client.post("/batch", json={"names": [name]}, buffered=False)
+        next(partial.response)
+        partial.close()  # a client that goes away midway
+        assert client.post("/batch", json={"names": [name]}).data == b"\0" * 1024
+        assert len(busy.heads) == 5
+    finally:
+        group.close()
+        busy.close()
+        spare.close()
+
+
+def test_an_answer_left_unread_is_closed_before_its_connection_goes_back() -> None:
+    import urllib3
+
+    from raw_backend import RawBackend, answer
+    from web.batch import _let_go
+
+    busy = RawBackend(lambda head: answer("503 Service Unavailable", b"x" * 2300))
+    pool = urllib3.PoolManager(maxsize=1, retries=False)
+    try:
+        unread = pool.request("POST", busy.url + "/batch", body=b"{}", preload_content=False)
+        _let_go(unread)  # still referenced: nothing but _let_go may have settled its connection
+        again = pool.request("POST", busy.url + "/batch", body=b"{}", preload_content=False)
+        assert (unread.status, again.status, len(busy.heads)) == (503, 503, 2)
+        again.read()
+        _let_go(again)
+    finally:
+        pool.clear()
+        busy.close()

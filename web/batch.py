@@ -138,20 +138,31 @@ def route_batch() -> Response:
     order = owner_order(owners, group.order(0))
     headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
     for attempt, backend in enumerate(order):
+        breaker = group.health.get(backend)  # None once the backend has left the ring meanwhile
         try:
-            answer = group.pool.request("POST", backend + "/batch", body=body, headers=headers, preload_content=False, redirect=False)
+            answer = group.batches.request("POST", backend + "/batch", body=body, headers=headers, preload_content=False, redirect=False)
         except urllib3.exceptions.HTTPError:
-            group.health[backend].failed()
+            if breaker is not None:
+                breaker.failed()
             ROUTED.labels(backend=backend, status="error").inc()
             continue
         if answer.status == 503 and attempt + 1 < len(order):
-            answer.release_conn()
+            _let_go(answer)
             ROUTED.labels(backend=backend, status="503").inc()
             continue
-        group.health[backend].ok()
+        if breaker is not None:
+            breaker.ok()
         ROUTED.labels(backend=backend, status=str(answer.status)).inc()
         return _relay(answer)
     return error_response(503, "unavailable", "no files-API backend answered the batch")
+
+
+def _let_go(answer: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back to the pool only when its answer was read to the end; else close it
+    (urllib3 would hand out a connection still in the middle of the old answer)."""
+    if not answer.isclosed():
+        answer.close()
+    answer.release_conn()
 
 
 def _relay(answer: urllib3.BaseHTTPResponse) -> Response:
@@ -161,7 +172,7 @@ def _relay(answer: urllib3.BaseHTTPResponse) -> Response:
         try:
             yield from answer.stream(256 << 10, decode_content=False)
         finally:
-            answer.release_conn()
+            _let_go(answer)
 
     headers = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]
     return Response(body(), status=answer.status, headers=headers, direct_passthrough=True)

@@ -58,6 +58,7 @@ class Backends:
         self._set_members(list(settings.web.backends))
         self.pool = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))  # the health probes
         self.upstream = Pool(connect_timeout=2.0, read_timeout=timeout)  # forwarded requests
+        self.batches = urllib3.PoolManager(num_pools=16, maxsize=16, retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))  # POST /batch
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._check_loop, name="router-health", daemon=True)
@@ -106,3 +107,4 @@ class Backends:
     def close(self) -> None:
         self._stop.set()
         self.upstream.close()
+        self.batches.clear()
