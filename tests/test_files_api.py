@@ -331,3 +331,19 @@ def test_path_lookup_with_the_source_database_down_is_503(tmp_path: Path) -> Non
     r = client.get("/files/7?created_at=2025-11-21")
     assert r.status_code == 503 and r.json["error"] == "unavailable" and "pw" not in r.json["message"]
     assert client.get("/healthz").status_code == 200
+
+
+def test_bytes_served_counts_what_gets_sent(client: FlaskClient) -> None:
+    from prometheus_client import REGISTRY
+
+    def served() -> float:
+        return REGISTRY.get_sample_value("desq_bytes_served_total") or 0.0
+
+    before = served()
+    assert client.get("/files/20251120_1").data == b"hello, archive\n"  # one block, handed over whole
+    assert client.get("/files/20251120_1", headers={"Range": "bytes=7-"}).data == b"archive\n"
+    assert client.get("/files/20251120_big").data == FILES["20251120_big"][0]  # streamed block by block
+    assert client.head("/files/20251120_big").status_code == 200
+    etag = client.get("/files/20251120_42").headers["ETag"]
+    assert client.get("/files/20251120_42", headers={"If-None-Match": etag}).status_code == 304
+    assert served() - before == 15 + 8 + len(FILES["20251120_big"][0])

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request
 
-from desq.conditional import PRECONDITIONS, Validators, cache_control, decide, http_date, last_modified, needs_validators, served_type
+from desq.conditional import PRECONDITIONS, Answer, Validators, cache_control, decide, http_date, last_modified, needs_validators, served_type
 from desq.container import ChecksumMismatch, ContainerError, CorruptContainer, MemberNotFound
 from desq.files import FileService, FilesError, NotFoundError, original_root
 from desq.storage import NotFound, StorageError, StorageUnavailable
@@ -237,50 +237,72 @@ def stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
     metrics.BYTES.inc(served)
 
 
+def created_at() -> str | None:
+    """The request's ``created_at`` parameter (werkzeug parses the query string only when there is one)."""
+    return request.args.get("created_at") if request.environ.get("QUERY_STRING") else None
+
+
 @files.route("/files/<path:name>", methods=["GET", "HEAD"])
 def get_file(name: str) -> Response:
     """A member: decided from the index's size and, when a conditional header needs them, its
     metadata; its bytes are read only for a 200 or 206 GET."""
+    method = request.method
+    files_service = service()
     try:
-        target = service().locate(name, request.args.get("created_at"))
+        target = files_service.locate(name, created_at())
         if target.original is not None:
             return _original(target.original)
-        archive = service().archive
+        archive = files_service.archive
         headers = asked()
         meta: Any = None
         validators: Validators | None = None
-        size = archive.size_hint(target.container, target.name)
-        if size is None or needs_validators(headers):
-            meta = archive.meta(target.container, target.name)
-            size, validators = meta.size, validators_of(meta)
-        answer = decide(headers, size, validators)
-        if answer.status in (412, 416):
-            return refusal(answer.status, size)
-        if answer.status == 304:
-            assert validators is not None
-            return FileResponse(status=304, headers=file_headers(validators))
-        chunks: Iterator[bytes] = iter(())
-        if request.method == "GET":
-            meta, chunks = archive.open_range(target.container, target.name, answer.start, answer.stop)
-        elif meta is None:
-            meta = archive.meta(target.container, target.name)
+        if not headers and method == "GET":
+            # Nothing to decide: a 200 of the whole member, its size confirmed by the one read.
+            meta, chunks = archive.open_range(target.container, target.name)
+            answer = Answer(200, 0, meta.size)
+        else:
+            size = archive.size_hint(target.container, target.name)
+            if size is None or needs_validators(headers):
+                meta = archive.meta(target.container, target.name)
+                size, validators = meta.size, validators_of(meta)
+            answer = decide(headers, size, validators)
+            if answer.status in (412, 416):
+                return refusal(answer.status, size)
+            if answer.status == 304:
+                assert validators is not None
+                return FileResponse(status=304, headers=file_headers(validators))
+            chunks = iter(())
+            if method == "GET":
+                meta, chunks = archive.open_range(target.container, target.name, answer.start, answer.stop)
+            elif meta is None:
+                meta = archive.meta(target.container, target.name)
         first = next(chunks, b"")
+        length = answer.stop - answer.start
+        if method == "GET" and len(first) == length:
+            # All of it is checked and in hand (one block, or one read of a small range): one
+            # bytes body is one write, not a generator's; what the stream still runs (a check
+            # after its last block) runs now, before the status is sent.
+            first += b"".join(chunks)
+            chunks = iter(())
     except Exception as exc:  # noqa: BLE001 - mapped to the contract's errors, re-raised if unknown
         return _failure(exc)
 
-    body = stream(first, chunks) if request.method == "GET" else b""
-    response = Response(body, status=answer.status, content_type=served_type(meta.content_type), headers=file_headers(validators or validators_of(meta)), direct_passthrough=True)
-    response.headers["Content-Length"] = str(answer.stop - answer.start)
-    response.headers["Accept-Ranges"] = "bytes"
+    response_headers = [*file_headers(validators or validators_of(meta)).items(), ("Content-Type", served_type(meta.content_type)), ("Content-Length", str(length)), ("Accept-Ranges", "bytes")]
     if answer.status == 206:
-        response.headers["Content-Range"] = f"bytes {answer.start}-{answer.stop - 1}/{meta.size}"
-    return response
+        response_headers.append(("Content-Range", f"bytes {answer.start}-{answer.stop - 1}/{meta.size}"))
+    body: Any = ()  # a HEAD's; not b"": werkzeug would make its Content-Length 0
+    if method == "GET" and len(first) == length:
+        metrics.BYTES.inc(length)
+        body = (first,)
+    elif method == "GET":
+        body = stream(first, chunks)
+    return Response(body, status=answer.status, headers=response_headers, direct_passthrough=True)
 
 
 @files.get("/meta/<path:name>")
 def get_meta(name: str) -> Response:
     try:
-        target = service().locate(name, request.args.get("created_at"))
+        target = service().locate(name, created_at())
         if target.original is not None:
             raise NotFoundError(f"{name} is not in the archive yet (created after the cutoff)")
         archive = service().archive
