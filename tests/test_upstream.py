@@ -156,3 +156,15 @@ def test_a_stream_abandoned_early_closes_its_connection(pool: Pool) -> None:
         assert pool.request(backend.url, "GET", "/", []).status == 200 and backend.connections == 2
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("body", [b"-5\r\nhello\r\n0\r\n\r\n", b"0x5\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX\r\n0\r\n\r\n", b"\r\nhello\r\n0\r\n\r\n"])
+def test_a_malformed_chunked_body_is_a_backend_failure_and_its_connection_dropped(pool: Pool, body: bytes) -> None:
+    backend = RawBackend(lambda head: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    try:
+        with pytest.raises(UpstreamError):
+            b"".join(pool.request(backend.url, "GET", "/", []).chunks())
+        pool.request(backend.url, "GET", "/", []).discard()
+        assert backend.connections == 2
+    finally:
+        backend.close()

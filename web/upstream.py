@@ -10,6 +10,7 @@ only appended to and popped from, which is atomic in both.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -100,6 +101,9 @@ def framing(method: str, status: int, headers: list[tuple[str, str]]) -> int | s
     return length
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
 class Connection:
     """One keep-alive connection to a backend, with its buffered reader."""
 
@@ -178,11 +182,10 @@ class Answer:
 
     def _dechunk(self) -> Iterator[bytes]:
         while True:
-            size_text = self.conn.readline().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise UpstreamError(f"bad chunk size {size_text[:20]!r}") from None
+            size_text = self.conn.readline().split(b";", 1)[0].strip(b" \t\r\n")
+            if not _CHUNK_SIZE.fullmatch(size_text):  # int(x, 16) would take "-5", "0x10", "1_0"
+                raise UpstreamError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while self.conn.readline() not in (b"\r\n", b"\n"):
                     pass  # trailer fields: not passed on
@@ -193,7 +196,8 @@ class Answer:
                     raise UpstreamError("the backend closed the connection inside a chunk")
                 size -= len(data)
                 yield data
-            self.conn.readline()
+            if self.conn.readline() not in (b"\r\n", b"\n"):
+                raise UpstreamError("a chunk's data does not end where its size says")
 
     def _done(self) -> None:
         if self.keep and self.length is not None:
