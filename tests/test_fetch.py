@@ -360,7 +360,7 @@ def test_rows_are_consumed_lazily(src: Path) -> None:
     assert threading.active_count() == before
 
 
-def test_closing_early_cancels_and_stops_the_threads(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_closing_early_cancels_the_work_and_closing_the_fetcher_stops_the_threads(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(100):
         write(src / f"{i}", blob(1000, i))
     started = 0
@@ -384,8 +384,14 @@ def test_closing_early_cancels_and_stops_the_threads(src: Path, monkeypatch: pyt
     t0 = time.monotonic()
     stream.close()  # type: ignore[attr-defined]
     assert time.monotonic() - t0 < 2
-    assert threading.active_count() == before
     assert started < 40, "the pending rows were fetched anyway"
+    settled = started
+    time.sleep(0.1)
+    assert started == settled, "rows were still fetched after the stream was closed"
+    # The pool's threads stay for the fetcher's next fetch (a packer's next container).
+    threads = threading.active_count()
+    assert [o.row.id for o in fetcher.fetch(row(str(i), id=i) for i in range(20))] == list(range(20))
+    assert threading.active_count() <= threads
     # Closing the fetcher itself stops a fetch that is still open, and refuses new ones.
     stream = fetcher.fetch(row(str(i), id=i) for i in range(100))
     assert next(stream).row.id == 0

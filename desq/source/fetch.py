@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -84,7 +85,10 @@ class Fetcher:
         self._peak_lock = threading.Lock()
         self._peak = 0
         self._runs: set[Run] = set()
+        self._pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self._pace = Pace(slow=SLOW_LOCAL_READ, probe_every=PROBE_EVERY, probe_rows=PROBE_ROWS)
+        """Where local reads go, learnt across fetches (a packer's fetcher serves many containers)."""
         self.inline_rows = 0
         """Rows whose original was read in the consumer's thread (for tests and benchmarks)."""
 
@@ -107,8 +111,11 @@ class Fetcher:
             self._closed = True
             runs = list(self._runs)
             objects = self._s3_objects
+            pool, self._pool = self._pool, None
         for run in runs:
             run.stop()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if objects is not None:
             objects.close()
 
@@ -155,7 +162,7 @@ class Fetcher:
         """One Original per row, in the order of the rows, fetched concurrently in bounded memory.
 
         Rows are consumed lazily (at most ``window`` ahead). Closing the iterator early cancels
-        pending work and stops its threads. Raises FetchError only for a bad configuration.
+        pending work and waits for the work already started. Raises FetchError only for a bad configuration.
         """
         if self._closed:
             raise FetchError("the fetcher is closed")
@@ -167,15 +174,24 @@ class Fetcher:
             if self._closed:
                 raise FetchError("the fetcher is closed")
             self._runs.add(run)
-        pace = Pace(slow=SLOW_LOCAL_READ, probe_every=PROBE_EVERY, probe_rows=PROBE_ROWS)
+        pace = self._pace
         try:
             yield from read_ahead(
-                rows, self._fetch_one, run=run, threads=self.threads, window=self.window,
+                rows, self._fetch_one, run=run, pool=self._thread_pool, window=self.window,
                 pace=pace, cheap=_is_local, on_inline=self._note_inline,
             )
         finally:
             with self._lock:
                 self._runs.discard(run)
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The fetcher's pool, started on the first read not done inline and kept until close."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the fetcher is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="desq-fetch")
+            return self._pool
 
     def _note_inline(self) -> None:
         self.inline_rows += 1

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from desq.source.original import FetchError
@@ -76,7 +76,8 @@ class Run:
         self.passed: set[int] = set()  # later items that need no reservation
         self.in_flight = 0
         self.cancelled = False
-        self.pool: ThreadPoolExecutor | None = None
+        self.futures: list[Future[Any]] = []
+        """What this run handed to the pool (the pool outlives the run)."""
 
     def _advance(self) -> None:
         while self.turn in self.passed:
@@ -119,10 +120,12 @@ class Run:
             self.cond.notify_all()
 
     def stop(self) -> None:
-        """Cancel, drop the work not started and wait for the pool's threads to end."""
+        """Cancel, drop this run's work not started and wait for the work already started."""
         self.cancel()
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for future in self.futures:
+            future.cancel()
+        wait(self.futures)
+        self.futures = []
 
 
 def read_ahead(
@@ -130,7 +133,7 @@ def read_ahead(
     fetch: Callable[[Run, int, T], tuple[R, int]],
     *,
     run: Run,
-    threads: int,
+    pool: Callable[[], ThreadPoolExecutor],
     window: int,
     pace: Pace,
     cheap: Callable[[T], bool],
@@ -139,9 +142,10 @@ def read_ahead(
     """``fetch(run, index, item)`` of every item, in item order, at most ``window`` items ahead.
 
     ``fetch`` returns its result and the bytes it reserved, released once the consumer moves on;
-    it must call ``run.skip(index)`` whatever happens. Closing the iterator stops the run.
+    it must call ``run.skip(index)`` whatever happens. ``pool()`` gives the thread pool, asked for
+    only when an item is not fetched inline, and kept by the caller from run to run (starting a
+    thread costs about a millisecond here). Closing the iterator stops the run.
     """
-    pool = run.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="desq-fetch")
     pending: deque[Future[tuple[R, int]]] = deque()
     index = 0
     more = True
@@ -171,7 +175,9 @@ def read_ahead(
                 if is_cheap:
                     pace.note_pooled()
                 try:
-                    pending.append(pool.submit(fetch, run, index, item))
+                    future = pool().submit(fetch, run, index, item)
+                    run.futures.append(future)
+                    pending.append(future)
                 except RuntimeError:  # the pool was shut down by the run's stop()
                     raise FetchError("the fetcher was closed while fetching") from None
                 index += 1

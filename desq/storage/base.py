@@ -151,8 +151,10 @@ class Storage(ABC):
         """The object's info; NotFound if there is none."""
 
     @abstractmethod
-    def open_upload(self, key: str, *, content_type: str | None = None) -> Upload:
-        """Start a streaming write of ``key`` (bounded memory, however large)."""
+    def open_upload(self, key: str, *, content_type: str | None = None, staged: bool = False) -> Upload:
+        """Start a streaming write of ``key`` (bounded memory, however large). ``staged``: the
+        object is only a step before ``publish``, which makes it durable where it lands, so its
+        own commit may skip what only its own crash-safety needs (a folder's fsync)."""
 
     def put(self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None) -> ObjectInfo:
         """Store ``data`` (bytes or a binary file object) under ``key``, atomically."""

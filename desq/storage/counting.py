@@ -43,9 +43,9 @@ class CountingStorage(Storage):
         self._note("head", key)
         return self.inner.head(key)
 
-    def open_upload(self, key: str, *, content_type: str | None = None) -> Upload:
+    def open_upload(self, key: str, *, content_type: str | None = None, staged: bool = False) -> Upload:
         self._note("upload", key)
-        return self.inner.open_upload(key, content_type=content_type)
+        return self.inner.open_upload(key, content_type=content_type, staged=staged)
 
     def put(self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None) -> ObjectInfo:
         self._note("put", key)

@@ -41,8 +41,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _LocalUpload(Upload):
-    def __init__(self, storage: LocalStorage, key: str, target: Path) -> None:
+    def __init__(self, storage: LocalStorage, key: str, target: Path, *, staged: bool = False) -> None:
         self._storage = storage
+        self._staged = staged
         self._key = key
         self._target = target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,8 @@ class _LocalUpload(Upload):
             self.abort()
             raise StorageError(f"storing {self._key!r} failed: {_why(exc)}") from exc
         self._done = True
+        if self._staged:  # publish renames it within this folder, then syncs the folder
+            return _info(self._key, self._target.stat())
         try:
             _fsync_dir(self._target.parent)
         except OSError as exc:
@@ -196,9 +199,9 @@ class LocalStorage(Storage):
         os.close(fd)
         return _info(key, stat)
 
-    def open_upload(self, key: str, *, content_type: str | None = None) -> Upload:
+    def open_upload(self, key: str, *, content_type: str | None = None, staged: bool = False) -> Upload:
         try:
-            return _LocalUpload(self, key, self.path(key))
+            return _LocalUpload(self, key, self.path(key), staged=staged)
         except OSError as exc:
             raise StorageError(f"cannot start writing {key!r}: {_why(exc)}") from exc
 

@@ -111,7 +111,7 @@ class S3Storage(Storage):
 
     # --- writes -----------------------------------------------------------------------------
 
-    def open_upload(self, key: str, *, content_type: str | None = None) -> Upload:
+    def open_upload(self, key: str, *, content_type: str | None = None, staged: bool = False) -> Upload:
         return _S3Upload(self, key, self._key(key), content_type)
 
     def publish(self, staging: str, key: str) -> ObjectInfo:
