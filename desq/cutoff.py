@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date
+from typing import TYPE_CHECKING
 
 from desq.archive import Archive
 from desq.days import next_day, shifted, target_day
@@ -23,33 +24,44 @@ from desq.source.plan import Plan, UidReadReport, plan_uids, uid_rows
 from desq.source.table import SourceTable
 from desq.state import StateStore
 
+if TYPE_CHECKING:
+    from desq.spool import SpoolWriter
 
-def plan_after_cutoff(source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
+
+def plan_after_cutoff(source: SourceTable, state: StateStore, storage: Storage, today: date, spool: SpoolWriter | None = None) -> Plan:
     """uid mode: the (date, shard)s of the days after the cutoff whose containers lack some of
-    their rows (a night run again plans nothing)."""
+    their rows (a night run again plans nothing); their rows into ``spool``, else in ``Plan.rows``."""
     cutoff = state.cutoff()
     last = target_day(today, source.settings.archive.after_days)
     first = next_day(cutoff) if cutoff else None
     if cutoff is not None and (first is None or first > last):
-        return Plan(rows={})
-    plan = plan_uids(source, first, last)
+        return Plan(rows=None if spool is not None else {}, night=spool.night if spool is not None else None)
+    plan = plan_uids(source, first, last, spool)
     for uid, created in future_rows(source, today):
         plan.future += 1
         if len(plan.future_examples) < 5:
             plan.future_examples.append(f"uid {uid}: created_at {created!s} is in the future")
     presence = Presence(Archive(storage, cache_bytes=0), source.layout.shard_bits)
-    assert plan.rows is not None
     kept = []
     for work in plan.work:
+        if spool is not None:
+            names: Iterable[str] = spool.spool.names(spool.night, work.date, work.shard)
+        else:
+            assert plan.rows is not None
+            names = (r.name for r in plan.rows[(work.date, work.shard)])
         try:
-            lacking = presence.missing(work.date, work.shard, (r.name for r in plan.rows[(work.date, work.shard)]))
+            lacking = presence.missing(work.date, work.shard, names)
         except Unreadable:
             lacking = ["?"]  # the packer reports what is wrong with it
         if lacking:
             kept.append(work)
+            continue
+        if spool is not None:
+            spool.spool.drop(spool.night, work.date, work.shard)
         else:
+            assert plan.rows is not None
             del plan.rows[(work.date, work.shard)]
-            plan.skipped += 1
+        plan.skipped += 1
     plan.work = kept
     return plan
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from desq.pipeline.pack import Packer
     from desq.source.fetch import Fetcher
     from desq.source.table import SourceTable
+    from desq.spool import Spool
     from desq.state import StateStore
 
 
@@ -79,6 +80,13 @@ class Deployment:
         from desq.pipeline.lease import Leases
 
         return Leases(self.state_engine)
+
+    @functools.cached_property
+    def spool(self) -> Spool:
+        """The night's spool of planned rows, beside the leases."""
+        from desq.spool import Spool
+
+        return Spool(self.state_engine)
 
     def fetcher(self) -> Fetcher:
         """A reader of originals (a context manager: its threads end with it)."""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from desq.source.plan import Plan
     from desq.source.rows import SourceRow
     from desq.source.table import SourceTable
+    from desq.spool import SpoolWriter
     from desq.state import StateStore
     from desq.storage import Storage
 
@@ -79,8 +80,8 @@ class Mode(ABC):
         return None
 
     @abstractmethod
-    def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
-        """Tonight's (date, shard)s."""
+    def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date, spool: SpoolWriter | None = None) -> Plan:
+        """Tonight's (date, shard)s, their rows written to ``spool`` (without one: see ``Plan.rows``)."""
 
     @abstractmethod
     def plan_day(self, source: SourceTable, day: date) -> Plan:
@@ -122,10 +123,10 @@ class NameMode(Mode):
 
         return mark(source, today=today)
 
-    def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
+    def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date, spool: SpoolWriter | None = None) -> Plan:
         from desq.source.plan import plan_names
 
-        return plan_names(source)
+        return plan_names(source, spool)
 
     def plan_day(self, source: SourceTable, day: date) -> Plan:
         from desq.source.plan import plan_names
@@ -168,10 +169,10 @@ class UidMode(Mode):
         day = cutoff()
         return day is not None and where.date <= day
 
-    def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date) -> Plan:
+    def plan(self, source: SourceTable, state: StateStore, storage: Storage, today: date, spool: SpoolWriter | None = None) -> Plan:
         from desq.cutoff import plan_after_cutoff
 
-        return plan_after_cutoff(source, state, storage, today)
+        return plan_after_cutoff(source, state, storage, today, spool)
 
     def plan_day(self, source: SourceTable, day: date) -> Plan:
         from desq.source.plan import plan_uids

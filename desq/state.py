@@ -1,4 +1,5 @@
-"""desq's own tables: the key-value state (uid mode's cutoff, night records) and the leases.
+"""desq's own tables: the key-value state (uid mode's cutoff, night records), the leases and the
+night's spool (``desq.spool``).
 
 They live in ``state.db_url``, else in the source database beside the business table (which desq
 never alters; ``Deployment.state_engine`` decides). Packers starting together may race to create
@@ -37,6 +38,19 @@ LEASE = sa.Table(
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("token", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+SPOOL = sa.Table(
+    "desq_spool",
+    METADATA,
+    sa.Column("night", sa.String(10), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("shard", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id_int", sa.BigInteger),
+    sa.Column("id_text", sa.Text),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(40)),
+    sa.Column("path", sa.Text, nullable=False),
 )
 
 

@@ -70,11 +70,7 @@ def nightly(today: str | None = None) -> dict[str, Any]:
     marked = marker.summary() if marker else ""
     plan = night.plan_night(deployment(), day)
     notes = night.plan_notes(plan, marker)
-    header = []
-    for work in plan.work:
-        rows = plan.rows.get((work.date, work.shard)) if plan.rows is not None else None
-        payload = [[r.id, r.name, r.created_at.isoformat() if r.created_at else None, r.path] for r in rows] if rows is not None else None
-        header.append(pack_shard.s(date=work.date.isoformat(), shard=work.shard, rows=payload))
+    header = [pack_shard.s(date=work.date.isoformat(), shard=work.shard, night=plan.night) for work in plan.work]
     if header:
         result = chord(header)(finish_night.s(today=day.isoformat(), notes=notes))
         remember_night(day.isoformat(), result, [(w.date.isoformat(), w.shard) for w in plan.work], notes)
@@ -84,13 +80,14 @@ def nightly(today: str | None = None) -> dict[str, Any]:
 
 
 @app.task(name="desq.pack_shard", bind=True, max_retries=MAX_RETRIES)
-def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = None) -> dict[str, Any]:
-    """Pack one (date, shard). Busy leases and transient failures are retried with backoff; a
-    definitive failure is returned (not raised), so the night's chord still finishes."""
+def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = None, night: str | None = None) -> dict[str, Any]:
+    """Pack one (date, shard): the rows spooled for ``night`` (the nightly task's), else ``rows``,
+    else the source's rows of (date, shard) now. Busy leases and transient failures are retried
+    with backoff; a definitive failure is returned (not raised), so the night's chord still finishes."""
     day = date_from(date)
     where = {"worker": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key", "")}
     try:
-        report = packer().pack(day, shard, _rows(rows, day, shard))
+        report = packer().pack(day, shard, _rows(rows, day, shard), night=night)
     except TRANSIENT as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=min(900, 15 * 2**self.request.retries)) from exc

@@ -179,6 +179,7 @@ class Night:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.table}"))
             conn.execute(sa.text("DROP TABLE IF EXISTS desq_state"))
             conn.execute(sa.text("DROP TABLE IF EXISTS desq_lease"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS desq_spool"))
         self.engine.dispose()
 
 

@@ -96,7 +96,7 @@ class Business:
     def drop(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE {self.name}"))
-            for table in ("desq_state", "desq_lease"):
+            for table in ("desq_state", "desq_lease", "desq_spool"):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         self.engine.dispose()
 

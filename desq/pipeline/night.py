@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def plan_night(deployment: Deployment, today: date) -> Plan:
-    """What tonight packs (the mode decides; uid mode: ``cutoff.plan_after_cutoff``)."""
-    return deployment.mode.plan(deployment.source, deployment.state, deployment.storage, today)
+    """What tonight packs (the mode decides; uid mode: ``cutoff.plan_after_cutoff``), each task's
+    rows written to the night's spool (``Plan.night``)."""
+    with deployment.spool.writer(today.isoformat()) as spool:
+        return deployment.mode.plan(deployment.source, deployment.state, deployment.storage, today, spool)
 
 
 def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
@@ -62,6 +64,7 @@ def finish(deployment: Deployment, today: date, packs: list[dict[str, Any]], not
         summary["by_status"][p.get("status", "failed")] = summary["by_status"].get(p.get("status", "failed"), 0) + 1
     summary |= deployment.mode.finish(deployment.source, deployment.state, Archive(deployment.storage), today)
     summary["expired_leases_removed"] = remove_expired_leases(deployment)
+    deployment.spool.clear(today.isoformat())
     summary |= notes or {}
     publish_night(deployment.storage, summary)
     return summary
@@ -99,13 +102,12 @@ def run_sync(settings: Settings, today: date, *, worker: str | None = None) -> N
     report.marked = marked.summary() if marked else ""
     plan = plan_night(deployment, today)
     report.plan = [(w.date.isoformat(), w.shard, w.files) for w in plan.work]
-    packer = deployment.packer(worker=worker)
-    for work in plan.work:
-        rows = plan.rows.get((work.date, work.shard)) if plan.rows is not None else None
-        try:
-            report.packs.append(packer.pack(work.date, work.shard, rows).as_dict())
-        except Exception as exc:  # noqa: BLE001 - one shard's failure is reported, the night goes on
-            report.packs.append(PackReport.failed(work.date, work.shard, settings.shard_bits, str(exc)).as_dict())
+    with deployment.packer(worker=worker) as packer:
+        for work in plan.work:
+            try:
+                report.packs.append(packer.pack(work.date, work.shard, night=plan.night).as_dict())
+            except Exception as exc:  # noqa: BLE001 - one shard's failure is reported, the night goes on
+                report.packs.append(PackReport.failed(work.date, work.shard, settings.shard_bits, str(exc)).as_dict())
     report.summary = finish(deployment, today, report.packs, plan_notes(plan, marked))
     report.seconds = round(time.monotonic() - started, 2)
     return report

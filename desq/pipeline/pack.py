@@ -19,6 +19,7 @@ and the same row states.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -41,6 +42,7 @@ from desq.storage import NotFound, join_key
 
 if TYPE_CHECKING:
     from desq.deployment import Deployment
+    from desq.source.fetch import Fetcher
 
 STAGING = ".staging-"
 """Staging objects are ``<key>.staging-<token>``; ``recover`` removes old ones."""
@@ -101,13 +103,35 @@ class Packer:
         self.storage = deployment.storage
         self.leases = deployment.leases
         self.lease_ttl = float(lease_ttl or self.settings.pipeline.lease_seconds)
+        self._fetcher: Fetcher | None = None
+
+    @contextlib.contextmanager
+    def _fetching(self) -> Iterator[Fetcher]:
+        """This packer's fetcher, made once: its read pace and S3 client carry over from one
+        container to the next."""
+        if self._fetcher is None:
+            self._fetcher = self.deployment.fetcher()
+        yield self._fetcher
+
+    def close(self) -> None:
+        """Close the fetcher (its S3 client); the packer can be used again after."""
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
+
+    def __enter__(self) -> Packer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def rows(self, day: date, shard: int) -> Iterator[SourceRow]:
         """The rows to pack into (day, shard), read from the source."""
         return self.mode.rows_for(self.source, day, shard)
 
-    def pack(self, day: date, shard: int, rows: Iterable[SourceRow] | None = None) -> PackReport:
-        """Pack (day, shard); ``rows`` when a planner already read them (uid mode), else queried."""
+    def pack(self, day: date, shard: int, rows: Iterable[SourceRow] | None = None, *, night: str | None = None) -> PackReport:
+        """Pack (day, shard): the rows the planner spooled for ``night``, else ``rows`` when given,
+        else those the source gives for (day, shard) now (``desq pack`` by hand)."""
         started = time.monotonic()
         bits = self.settings.shard_bits
         key = container_key(day, shard, bits)
@@ -121,7 +145,10 @@ class Packer:
         try:
             with lease.keep_alive():
                 failpoint("pack.after_lease")
-                todo = list(rows if rows is not None else self.rows(day, shard))
+                if night is not None:
+                    todo = self.deployment.spool.rows(night, day, shard)
+                else:
+                    todo = list(rows if rows is not None else self.rows(day, shard))
                 if not todo:
                     report.status = "nothing"
                     return report
@@ -210,9 +237,9 @@ class Packer:
         settings = self.settings
         expected: dict[str, int] = {}
         packed: list[SourceRow] = []
-        with self.storage.open_upload(staging) as upload:
+        with self.storage.open_upload(staging, staged=True) as upload:
             writer = ContainerWriter(upload)
-            with self.deployment.fetcher() as fetcher:
+            with self._fetching() as fetcher:
                 for original in fetcher.fetch(rows):
                     failpoint("pack.fetched")
                     row = original.row
@@ -271,7 +298,7 @@ class Packer:
         """Of rows whose names the container held already, those whose original is byte for byte the
         archived member (by CRC32C): only these originals may be deleted."""
         same = []
-        with self.deployment.fetcher() as fetcher:
+        with self._fetching() as fetcher:
             for original in fetcher.fetch(rows):
                 row = original.row
                 if original.error is not None:
@@ -291,7 +318,7 @@ class Packer:
 
     def _delete_originals(self, rows: list[SourceRow], report: PackReport) -> int:
         deleted = 0
-        with self.deployment.fetcher() as fetcher:
+        with self._fetching() as fetcher:
             for row in rows:
                 try:
                     fetcher.delete_original(row)

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -21,6 +22,9 @@ from desq.failpoints import failpoint
 from desq.layout import LayoutError, parse_name, parse_yyyymmdd, yyyymmdd
 from desq.source.rows import SourceRow
 from desq.source.table import PACKED, READY, SourceTable
+
+if TYPE_CHECKING:
+    from desq.spool import SpoolWriter
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -38,7 +42,10 @@ class Plan:
 
     work: list[Work] = field(default_factory=list)
     rows: dict[tuple[date, int], list[SourceRow]] | None = None
-    """uid mode: each task's rows, read once by the planner. Name mode: None (packers query)."""
+    """Each task's rows, read once by the planner (uid mode without a spool); None: they are in
+    the spool (``night``), or packers query them (name mode without a spool)."""
+    night: str | None = None
+    """The night whose spool holds each task's rows (``desq.spool``)."""
     unplanned: int = 0
     problems: list[str] = field(default_factory=list)
     unplaced: int = 0
@@ -66,8 +73,11 @@ def _name_date(source: SourceTable) -> sa.ColumnElement[str]:
     return sa.func.substr(source.columns.des_name, start, 8)
 
 
-def plan_names(source: SourceTable) -> Plan:
-    """Every (date, shard) with READY rows, from one GROUP BY."""
+def plan_names(source: SourceTable, spool: SpoolWriter | None = None) -> Plan:
+    """Every (date, shard) with READY rows: with ``spool``, from one scan of the READY rows, each
+    written to the spool for its packer; without, from one GROUP BY (packers query their rows)."""
+    if spool is not None:
+        return _spool_names(source, spool)
     c = source.columns
     assert c.des_status is not None and c.des_shard is not None
     day = _name_date(source)
@@ -88,6 +98,30 @@ def plan_names(source: SourceTable) -> Plan:
             continue
         plan.work.append(Work(day_value, shard, count))
     plan.work.sort()
+    return plan
+
+
+def _spool_names(source: SourceTable, spool: SpoolWriter) -> Plan:
+    c = source.columns
+    assert c.des_name is not None and c.des_shard is not None and c.des_status is not None
+    plan = Plan()
+    bits = source.layout.shard_bits
+    query = sa.select(c.id, c.des_name, c.des_shard, source.created_read, c.path).where(c.des_status == READY)
+    for batch in source.batches(query, source.settings.source.batch_size):
+        for row_id, name, shard, created, path in batch:
+            try:
+                day = parse_name(str(name)).date
+                if not isinstance(shard, int) or not 0 <= shard < 1 << bits:
+                    raise LayoutError(f"shard {shard!r} is outside 0..{(1 << bits) - 1}")
+            except LayoutError as exc:
+                plan.unplanned += 1
+                if len(plan.problems) < 5:
+                    plan.problems.append(f"READY row {row_id} cannot be planned: {exc} (a name from another name_prefix?)")
+                continue
+            spool.add(SourceRow(id=row_id, name=name, created_at=source.created.aware(created), path=str(path or ""), date=day, shard=shard))
+    spool.flush()
+    plan.work = sorted(Work(day, shard, count) for (day, shard), count in spool.counts.items())
+    plan.night = spool.night
     return plan
 
 
@@ -186,20 +220,29 @@ def uid_rows(source: SourceTable, first: date | None, last: date | None, report:
             yield SourceRow(id=uid, name=str(uid), created_at=source.created.aware(created), path=str(path), date=day, shard=shard)
 
 
-def plan_uids(source: SourceTable, first: date | None, last: date) -> Plan:
-    """uid mode: read days ``first``..``last`` (None: from the first) once and hand each (date, shard) its rows."""
+def plan_uids(source: SourceTable, first: date | None, last: date, spool: SpoolWriter | None = None) -> Plan:
+    """uid mode: read days ``first``..``last`` (None: from the first) once and hand each (date, shard)
+    its rows: into ``spool``, else in ``Plan.rows``."""
     if first is not None and last < first:
-        return Plan(rows={})
+        return Plan(rows=None if spool is not None else {}, night=spool.night if spool is not None else None)
     report = UidReadReport()
     grouped: dict[tuple[date, int], list[SourceRow]] = defaultdict(list)
     for row in uid_rows(source, first, last, report):
-        grouped[(row.date, row.shard)].append(row)
+        if spool is not None:
+            spool.add(row)
+        else:
+            grouped[(row.date, row.shard)].append(row)
     nulls, ids = source.null_created_at()
     for uid in ids:
         report.unplaced(f"uid {uid}: created_at is NULL")
     report.unplaced_rows += nulls - len(ids)
-    work = sorted(Work(day, shard, len(rows)) for (day, shard), rows in grouped.items())
-    return Plan(work=work, rows=dict(grouped), unplanned=report.unplanned, problems=report.problems, unplaced=report.unplaced_rows, unplaced_examples=report.unplaced_examples)
+    if spool is not None:
+        spool.flush()
+        counts = dict(spool.counts)
+    else:
+        counts = {key: len(rows) for key, rows in grouped.items()}
+    work = sorted(Work(day, shard, count) for (day, shard), count in counts.items())
+    return Plan(work=work, rows=None if spool is not None else dict(grouped), night=spool.night if spool is not None else None, unplanned=report.unplanned, problems=report.problems, unplaced=report.unplaced_rows, unplaced_examples=report.unplaced_examples)
 
 
 def uid_rows_for(source: SourceTable, day: date, shard: int) -> Iterator[SourceRow]:
