@@ -7,16 +7,24 @@ neither named again nor counted, and returns the rows actually updated:
   whose three arrays are single parameters (compiled once, one round trip a batch);
 - SQLite: one fixed ``UPDATE ... WHERE id = ?`` run as executemany (in-process, so a row costs
   a few microseconds; sqlite3's rowcount is the sum over the rows);
+- MariaDB 10.6+ and MySQL 8.0.4+ (integer or text ids): one ``UPDATE t, JSON_TABLE(marks)``,
+  the batch one JSON parameter; the id travels in the column's own type, character set and
+  collation, so it matches exactly the rows ``id = 'value'`` would;
 - any other database: one ``UPDATE`` with a CASE per column, as portable as SQL gets.
 """
 
 from __future__ import annotations
 
+import json
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from desq.source.table import READY, Columns
 
@@ -32,12 +40,14 @@ def _state(c: Columns) -> tuple[sa.Column[Any], sa.Column[Any], sa.Column[Any]]:
 
 
 def row_update(table: sa.Table, c: Columns) -> sa.Update:
-    """The UPDATE of one row, its id, name and shard bound by name (``_ID``, ``_NAME``, ``_SHARD``): for executemany."""
+    """The UPDATE of one row, its id, name and shard bound by name (``_ID``, ``_NAME``, ``_SHARD``),
+    READY written into the SQL: for executemany."""
     name, shard, status = _state(c)
+    ready = sa.bindparam("desq_mark_status", READY, type_=status.type, literal_execute=True)
     return (
         sa.update(table)
-        .where(c.id == sa.bindparam(_ID, type_=c.id.type), status.is_(None))
-        .values({name: sa.bindparam(_NAME, type_=name.type), shard: sa.bindparam(_SHARD, type_=shard.type), status: READY})
+        .where(c.id == sa.bindparam(_ID, type_=c.id.type, required=False), status.is_(None))
+        .values({name: sa.bindparam(_NAME, type_=name.type, required=False), shard: sa.bindparam(_SHARD, type_=shard.type, required=False), status: ready})
     )
 
 
@@ -71,28 +81,105 @@ def case_update(table: sa.Table, c: Columns, marks: list[Mark]) -> sa.Update:
     )
 
 
+def driver_form(statement: sa.Update, dialect: sa.Dialect) -> tuple[str, Callable[[list[Mark]], list[Any]]]:
+    """``statement`` (of ``row_update``) compiled once for executemany straight through the driver:
+    its SQL and the function that turns marks into its positional parameters."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    assert compiled.positional and compiled.positiontup is not None
+    fields = {_ID: 0, _NAME: 1, _SHARD: 2}
+    pick = operator.itemgetter(*(fields[key] for key in compiled.positiontup))
+    processors = [compiled.binds[key].type.bind_processor(dialect) for key in compiled.positiontup]
+    if not any(processors):
+        return str(compiled), lambda marks: [pick(m) for m in marks]
+    return str(compiled), lambda marks: [tuple(v if p is None else p(v) for v, p in zip(pick(m), processors)) for m in marks]
+
+
+class JsonMarks(sa.TableClause):
+    """MySQL/MariaDB: a batch's marks as a table, ``JSON_TABLE`` over one parameter (``_ID``)
+    holding ``[[id, name, shard], ...]``; its id column is declared ``id_type``."""
+
+    __visit_name__ = "desq_json_marks"
+    inherit_cache = False
+
+    def __init__(self, name: str, id_type: sa.types.TypeEngine[Any]) -> None:
+        super().__init__(name, sa.column("id", id_type), sa.column("name", sa.Text()), sa.column("shard", sa.Integer()))
+        self.id_type = id_type
+
+
+@compiles(JsonMarks)
+def _json_marks(element: JsonMarks, compiler: SQLCompiler, **kw: Any) -> str:
+    types = compiler.dialect.type_compiler_instance
+    path = compiler.render_literal_value
+    columns = ", ".join(
+        f"{compiler.preparer.quote(col)} {types.process(kind)} PATH {path(f'$[{k}]', sa.String())}"
+        for k, (col, kind) in enumerate((("id", element.id_type), ("name", mysql.TEXT(charset="utf8mb4")), ("shard", sa.Integer())))
+    )
+    doc = compiler.process(sa.bindparam(_ID, type_=sa.Text(), required=False), **kw)
+    return f"JSON_TABLE({doc}, {path('$[*]', sa.String())} COLUMNS({columns})) AS {compiler.preparer.quote(element.name)}"
+
+
+def json_table_update(table: sa.Table, c: Columns, id_type: sa.types.TypeEngine[Any]) -> sa.Update:
+    """MySQL/MariaDB: the UPDATE of a whole batch joined to ``JsonMarks`` (one parameter, ``_ID``)."""
+    name, shard, status = _state(c)
+    marks = JsonMarks("desq_marks" if table.name != "desq_marks" else "desq_marks_", id_type)
+    ready = sa.bindparam("desq_mark_status", READY, type_=status.type, literal_execute=True)
+    return sa.update(table).where(c.id == marks.c.id, status.is_(None)).values({name: marks.c.name, shard: marks.c.shard, status: ready})
+
+
+def json_id_type(engine: Engine, table: sa.Table, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
+    """The type ``JsonMarks`` declares for ``column``, None where JSON_TABLE cannot carry it (or
+    the server has no JSON_TABLE): an integer as the column is, text with its character set and
+    collation as ``information_schema`` tells them (a table's default is not in the reflected type)."""
+    dialect = engine.dialect
+    version = dialect.server_version_info or ()
+    if version < ((10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0, 4)):
+        return None
+    if isinstance(column.type, sa.Integer):
+        return column.type
+    if not isinstance(column.type, sa.String):
+        return None
+    query = sa.text(
+        "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
+        " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table AND COLUMN_NAME = :column"
+    )
+    with engine.connect() as conn:
+        found = conn.execute(query, {"schema": table.schema, "table": table.name, "column": column.name}).first()
+    if found is None or found[0] is None:
+        return None
+    length = getattr(column.type, "length", None)
+    return mysql.VARCHAR(length, charset=found[0], collation=found[1]) if length else mysql.TEXT(charset=found[0], collation=found[1])
+
+
 class MarkWriter:
     """Writes batches of marks to one source table in its database's fastest form."""
 
-    def __init__(self, table: sa.Table, columns: Columns, dialect: str) -> None:
+    def __init__(self, table: sa.Table, columns: Columns, engine: Engine) -> None:
         self.table = table
         self.columns = columns
-        self.dialect = dialect
-        self.statement: sa.Update | None = None
-        if dialect == "postgresql":
+        dialect = engine.dialect
+        self.form = dialect.name
+        if self.form == "postgresql":
             self.statement = unnest_update(table, columns)
-        elif dialect == "sqlite":
-            self.statement = row_update(table, columns)
+        elif self.form == "sqlite":
+            self.sql, self.rows = driver_form(row_update(table, columns), dialect)
+        elif self.form in ("mysql", "mariadb") and (id_type := json_id_type(engine, table, columns.id)) is not None:
+            self.form = "json_table"
+            compiled = json_table_update(table, columns, id_type).compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            self.sql = str(compiled)
+        else:
+            self.form = "case"
 
     def write(self, conn: Connection, marks: list[Mark]) -> int:
         """Mark the rows of ``marks`` still unmarked; return how many were."""
         if not marks:
             return 0
-        if self.dialect == "postgresql":
+        if self.form == "postgresql":
             ids, names, shards = (list(x) for x in zip(*marks))
             result = conn.execute(self.statement, {_ID: ids, _NAME: names, _SHARD: shards})
-        elif self.dialect == "sqlite":
-            result = conn.execute(self.statement, [{_ID: i, _NAME: n, _SHARD: s} for i, n, s in marks])
+        elif self.form == "sqlite":
+            result = conn.exec_driver_sql(self.sql, self.rows(marks))
+        elif self.form == "json_table":
+            result = conn.exec_driver_sql(self.sql, {_ID: json.dumps(marks, ensure_ascii=False)})
         else:
             result = conn.execute(case_update(self.table, self.columns, marks))
         return result.rowcount

@@ -3,8 +3,8 @@
 A row is old enough once its day (``desq.days``) is on or before ``today - archive.after_days - 1``,
 so a day's files are marked together. Each batch is one transaction: the rows are
 selected ``FOR UPDATE SKIP LOCKED`` where the database has it (so two markers take different rows)
-and updated with one statement guarded by ``des_status IS NULL`` (so no row is ever counted or
-named twice, even where nothing is locked). Names are deterministic: the same row always gets the
+and updated in one round trip (``desq.source.mark_sql``) guarded by ``des_status IS NULL`` (so no row
+is ever counted or named twice, even where nothing is locked). Names are deterministic: the same row always gets the
 same name.
 """
 
@@ -85,7 +85,7 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
     last_day = target_day(today, source.settings.archive.after_days)
     bits = source.layout.shard_bits
     prefix = source.layout.name_prefix
-    writer = MarkWriter(source.table, c, source.engine.dialect.name)
+    writer = MarkWriter(source.table, c, source.engine)
     last = None
     while True:
         with source.engine.begin() as conn:
