@@ -36,7 +36,7 @@ def _id(business: Business, k: int) -> object:
     return k if isinstance(business.table.c.doc_id.type, sa.Integer) else f"k{k}"
 
 
-FORMS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "json_table"}
+FORMS = {"sqlite": "json", "postgresql": "postgresql", "mysql": "json"}
 
 
 def _case_write(source: SourceTable) -> Callable[[Connection, list[Mark]], int]:
@@ -111,10 +111,35 @@ def test_mariadb_ids_match_in_their_own_collation(mysql_url: str, declared: str,
         columns = {"ID": "doc_id", "CREATED_AT": "created", "PATH": "file_path", "DES_NAME": "arch_name", "DES_SHARD": "arch_shard", "DES_STATUS": "arch_state"}
         env = {"DESQ_SOURCE_DB_URL": mysql_url, "DESQ_SOURCE_TABLE": name} | {f"DESQ_SOURCE_COLUMNS_{k}": v for k, v in columns.items()}
         source = SourceTable.connect(load_settings(env=env))
-        assert MarkWriter(source.table, source.columns, source.engine).form == "json_table"
+        assert MarkWriter(source.table, source.columns, source.engine).form == "json"
         assert mark(source, today=TODAY).marked == len(ids)
         with engine.connect() as conn:
             got = dict(conn.execute(sa.text(f"SELECT doc_id, arch_name FROM {name}")).all())
+        assert got == {i: f"20251120_{i}" for i in ids}
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("db", "id_type", "form"), [
+    ("pg_url", "uuid", "postgresql"), ("pg_url", "smallint", "postgresql"), ("pg_url", "bigint", "postgresql"), ("pg_url", "text", "postgresql"),
+    ("mysql_url", "UUID", "case"), ("mysql_url", "BIGINT UNSIGNED", "json"), ("mysql_url", "CHAR(36)", "json"),
+])
+def test_each_id_type_is_marked_once(request: pytest.FixtureRequest, db: str, id_type: str, form: str) -> None:
+    url = request.getfixturevalue(db)
+    engine = create_engine(url)
+    name = f"docs_{uuid.uuid4().hex[:10]}"
+    ids = [str(uuid.uuid4()) for _ in range(5)] if "UUID" in id_type.upper() or "36" in id_type else ["1", "2", "18446744073709551615" if "UNSIGNED" in id_type else "3"]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {name} (id {id_type} PRIMARY KEY, created_at timestamp NULL, path varchar(50), des_name varchar(300), des_hash_bits int, des_status varchar(16))")
+        conn.execute(sa.text(f"INSERT INTO {name} (id, created_at, path) VALUES (:i, :c, 'p')"), [{"i": i, "c": OLD} for i in ids])
+    try:
+        source = SourceTable.connect(load_settings(env={"DESQ_SOURCE_DB_URL": url, "DESQ_SOURCE_TABLE": name, "DESQ_SOURCE_BATCH_SIZE": "2"}))
+        assert MarkWriter(source.table, source.columns, source.engine).form == form
+        assert (mark(source, today=TODAY).marked, mark(source, today=TODAY).marked) == (len(ids), 0)
+        with engine.connect() as conn:
+            got = {str(i): n for i, n in conn.execute(sa.text(f"SELECT id, des_name FROM {name} WHERE des_status = 'READY'")).all()}
         assert got == {i: f"20251120_{i}" for i in ids}
     finally:
         with engine.begin() as conn:

@@ -1,23 +1,23 @@
-"""The marker's UPDATE: one batch's (id, name, shard) written in the fastest form each database has.
+"""The marker's UPDATE: one batch's (id, name, shard) written in one statement of fixed shape.
 
 Every form keeps ``des_status IS NULL`` in its WHERE, so a row another marker took meanwhile is
-neither named again nor counted, and returns the rows actually updated:
+neither named again nor counted, and returns the rows actually updated. The batch travels as one
+or three parameters, so SQLAlchemy compiles the statement once, not an element per row:
 
-- PostgreSQL: one ``UPDATE ... FROM unnest(ids, names, shards)``, a statement of fixed shape
-  whose three arrays are single parameters (compiled once, one round trip a batch);
-- SQLite: one fixed ``UPDATE ... WHERE id = ?`` run as executemany (in-process, so a row costs
-  a few microseconds; sqlite3's rowcount is the sum over the rows);
-- MariaDB 10.6+ and MySQL 8.0.4+ (integer or text ids): one ``UPDATE t, JSON_TABLE(marks)``,
-  the batch one JSON parameter; the id travels in the column's own type, character set and
-  collation, so it matches exactly the rows ``id = 'value'`` would;
-- any other database: one ``UPDATE`` with a CASE per column, as portable as SQL gets.
+- PostgreSQL: ``UPDATE ... FROM unnest(ids, names, shards)``;
+- SQLite 3.33+: ``UPDATE ... FROM json_each(marks)``, the batch one JSON array of
+  ``[id, name, shard]`` (an id compares as a bound value would, with the column's affinity);
+- MariaDB 10.6+ and MySQL 8.0.4+: ``UPDATE t, JSON_TABLE(marks)``; the id travels in the
+  column's own type, character set and collation, so it matches exactly the rows
+  ``id = 'value'`` would;
+- anything else (and ids that are neither integers nor text): one ``UPDATE`` with a CASE per
+  column, as portable as SQL gets.
 """
 
 from __future__ import annotations
 
 import json
-import operator
-from collections.abc import Callable
+import sqlite3
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,16 +39,19 @@ def _state(c: Columns) -> tuple[sa.Column[Any], sa.Column[Any], sa.Column[Any]]:
     return c.des_name, c.des_shard, c.des_status
 
 
-def row_update(table: sa.Table, c: Columns) -> sa.Update:
-    """The UPDATE of one row, its id, name and shard bound by name (``_ID``, ``_NAME``, ``_SHARD``),
-    READY written into the SQL: for executemany."""
+def _alias(table: sa.Table) -> str:
+    return "desq_marks" if table.name != "desq_marks" else "desq_marks_"
+
+
+def json_each_update(table: sa.Table, c: Columns) -> sa.Update:
+    """SQLite: the UPDATE of a whole batch from one JSON parameter (``_ID``) holding ``[[id, name, shard], ...]``."""
     name, shard, status = _state(c)
-    ready = sa.bindparam("desq_mark_status", READY, type_=status.type, literal_execute=True)
-    return (
-        sa.update(table)
-        .where(c.id == sa.bindparam(_ID, type_=c.id.type, required=False), status.is_(None))
-        .values({name: sa.bindparam(_NAME, type_=name.type, required=False), shard: sa.bindparam(_SHARD, type_=shard.type, required=False), status: ready})
-    )
+    marks = sa.func.json_each(sa.bindparam(_ID, type_=sa.Text())).table_valued("value").alias(_alias(table))
+
+    def field(k: int) -> sa.ColumnElement[Any]:
+        return sa.func.json_extract(marks.c.value, f"$[{k}]")
+
+    return sa.update(table).where(c.id == field(0), status.is_(None)).values({name: field(1), shard: field(2), status: READY})
 
 
 def unnest_update(table: sa.Table, c: Columns) -> sa.Update:
@@ -57,7 +60,6 @@ def unnest_update(table: sa.Table, c: Columns) -> sa.Update:
     The names travel as ``text[]`` and the shards as ``integer[]``: a cast to the column's own
     ``varchar(n)`` would cut a long name silently, where assigning it fails as it should."""
     name, shard, status = _state(c)
-    alias = "desq_marks" if table.name != "desq_marks" else "desq_marks_"
     marks = (
         sa.func.unnest(
             sa.bindparam(_ID, type_=postgresql.ARRAY(c.id.type)),
@@ -66,7 +68,7 @@ def unnest_update(table: sa.Table, c: Columns) -> sa.Update:
         )
         .table_valued(sa.column("id", c.id.type), sa.column("name", sa.Text()), sa.column("shard", sa.Integer()))
         .render_derived()
-        .alias(alias)
+        .alias(_alias(table))
     )
     return sa.update(table).where(c.id == marks.c.id, status.is_(None)).values({name: marks.c.name, shard: marks.c.shard, status: READY})
 
@@ -79,19 +81,6 @@ def case_update(table: sa.Table, c: Columns, marks: list[Mark]) -> sa.Update:
         .where(c.id.in_([m[0] for m in marks]), status.is_(None))
         .values({name: sa.case({m[0]: m[1] for m in marks}, value=c.id), shard: sa.case({m[0]: m[2] for m in marks}, value=c.id), status: READY})
     )
-
-
-def driver_form(statement: sa.Update, dialect: sa.Dialect) -> tuple[str, Callable[[list[Mark]], list[Any]]]:
-    """``statement`` (of ``row_update``) compiled once for executemany straight through the driver:
-    its SQL and the function that turns marks into its positional parameters."""
-    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    assert compiled.positional and compiled.positiontup is not None
-    fields = {_ID: 0, _NAME: 1, _SHARD: 2}
-    pick = operator.itemgetter(*(fields[key] for key in compiled.positiontup))
-    processors = [compiled.binds[key].type.bind_processor(dialect) for key in compiled.positiontup]
-    if not any(processors):
-        return str(compiled), lambda marks: [pick(m) for m in marks]
-    return str(compiled), lambda marks: [tuple(v if p is None else p(v) for v, p in zip(pick(m), processors)) for m in marks]
 
 
 class JsonMarks(sa.TableClause):
@@ -121,9 +110,8 @@ def _json_marks(element: JsonMarks, compiler: SQLCompiler, **kw: Any) -> str:
 def json_table_update(table: sa.Table, c: Columns, id_type: sa.types.TypeEngine[Any]) -> sa.Update:
     """MySQL/MariaDB: the UPDATE of a whole batch joined to ``JsonMarks`` (one parameter, ``_ID``)."""
     name, shard, status = _state(c)
-    marks = JsonMarks("desq_marks" if table.name != "desq_marks" else "desq_marks_", id_type)
-    ready = sa.bindparam("desq_mark_status", READY, type_=status.type, literal_execute=True)
-    return sa.update(table).where(c.id == marks.c.id, status.is_(None)).values({name: marks.c.name, shard: marks.c.shard, status: ready})
+    marks = JsonMarks(_alias(table), id_type)
+    return sa.update(table).where(c.id == marks.c.id, status.is_(None)).values({name: marks.c.name, shard: marks.c.shard, status: READY})
 
 
 def json_id_type(engine: Engine, table: sa.Table, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
@@ -156,18 +144,15 @@ class MarkWriter:
     def __init__(self, table: sa.Table, columns: Columns, engine: Engine) -> None:
         self.table = table
         self.columns = columns
+        self.statement: sa.Update | None = None
         dialect = engine.dialect
-        self.form = dialect.name
-        if self.form == "postgresql":
-            self.statement = unnest_update(table, columns)
-        elif self.form == "sqlite":
-            self.sql, self.rows = driver_form(row_update(table, columns), dialect)
-        elif self.form in ("mysql", "mariadb") and (id_type := json_id_type(engine, table, columns.id)) is not None:
-            self.form = "json_table"
-            compiled = json_table_update(table, columns, id_type).compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-            self.sql = str(compiled)
-        else:
-            self.form = "case"
+        self.form = "case"
+        if dialect.name == "postgresql":
+            self.form, self.statement = "postgresql", unnest_update(table, columns)
+        elif dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 33) and isinstance(columns.id.type, (sa.Integer, sa.String)):
+            self.form, self.statement = "json", json_each_update(table, columns)
+        elif dialect.name in ("mysql", "mariadb") and (id_type := json_id_type(engine, table, columns.id)) is not None:
+            self.form, self.statement = "json", json_table_update(table, columns, id_type)
 
     def write(self, conn: Connection, marks: list[Mark]) -> int:
         """Mark the rows of ``marks`` still unmarked; return how many were."""
@@ -176,10 +161,8 @@ class MarkWriter:
         if self.form == "postgresql":
             ids, names, shards = (list(x) for x in zip(*marks))
             result = conn.execute(self.statement, {_ID: ids, _NAME: names, _SHARD: shards})
-        elif self.form == "sqlite":
-            result = conn.exec_driver_sql(self.sql, self.rows(marks))
-        elif self.form == "json_table":
-            result = conn.exec_driver_sql(self.sql, {_ID: json.dumps(marks, ensure_ascii=False)})
+        elif self.form == "json" and all(type(m[0]) in (int, str) for m in marks):
+            result = conn.execute(self.statement, {_ID: json.dumps(marks, ensure_ascii=False)})
         else:
             result = conn.execute(case_update(self.table, self.columns, marks))
         return result.rowcount
