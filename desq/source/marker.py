@@ -98,7 +98,7 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                 break
             source.rows_read += len(rows)
             last = rows[-1][0]
-            marks: list[Mark] = []
+            marks: dict[object, Mark] = {}  # by id: where ids repeat, every row of an id gets one name
             for row_id, created, path in rows:
                 try:
                     day = source.day_of(created)
@@ -122,9 +122,9 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                     report.early_created_at += 1
                     if len(report.early_examples) < 5:
                         report.early_examples.append(f"id {row_id}: created_at {created!s} is before {EARLIEST_PLAUSIBLE.year}; marked as {name}")
-                marks.append((row_id, name, shard_of_name(name, bits)))
+                marks[row_id] = (row_id, name, shard_of_name(name, bits))
             if marks:
-                report.marked += writer.write(conn, marks)
+                report.marked += writer.write(conn, list(marks.values()))
                 failpoint("marker.in_batch")
         report.batches += 1
         failpoint("marker.between_batches")
