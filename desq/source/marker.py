@@ -3,8 +3,8 @@
 A row is old enough once its day (``desq.days``) is on or before ``today - archive.after_days - 1``,
 so a day's files are marked together. Each batch is one transaction: the rows are
 selected ``FOR UPDATE SKIP LOCKED`` where the database has it (so two markers take different rows)
-and updated with one statement guarded by ``des_status IS NULL`` (so no row is ever counted or
-named twice, even where nothing is locked). Names are deterministic: the same row always gets the
+and updated in one round trip (``desq.source.mark_sql``) guarded by ``des_status IS NULL`` (so no row
+is ever counted or named twice, even where nothing is locked). Names are deterministic: the same row always gets the
 same name.
 """
 
@@ -21,7 +21,8 @@ from desq.days import EARLIEST_PLAUSIBLE, DayError, next_day, target_day
 from desq.failpoints import failpoint
 from desq.layout import LayoutError, build_name, shard_of_name
 from desq.mode import mode_for
-from desq.source.table import READY, SourceTable
+from desq.source.mark_sql import Mark, MarkWriter
+from desq.source.table import SourceTable
 
 
 @dataclass
@@ -84,6 +85,7 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
     last_day = target_day(today, source.settings.archive.after_days)
     bits = source.layout.shard_bits
     prefix = source.layout.name_prefix
+    writer = MarkWriter(source.table, c, source.engine)
     last = None
     while True:
         with source.engine.begin() as conn:
@@ -96,8 +98,7 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                 break
             source.rows_read += len(rows)
             last = rows[-1][0]
-            names: dict[object, str] = {}
-            shards: dict[object, int] = {}
+            marks: dict[object, Mark] = {}  # by id: where ids repeat, every row of an id gets one name
             for row_id, created, path in rows:
                 try:
                     day = source.day_of(created)
@@ -121,15 +122,9 @@ def mark(source: SourceTable, *, today: date, batch_size: int | None = None) -> 
                     report.early_created_at += 1
                     if len(report.early_examples) < 5:
                         report.early_examples.append(f"id {row_id}: created_at {created!s} is before {EARLIEST_PLAUSIBLE.year}; marked as {name}")
-                names[row_id] = name
-                shards[row_id] = shard_of_name(name, bits)
-            if names:
-                result = conn.execute(
-                    sa.update(source.table)
-                    .where(c.id.in_(list(names)), c.des_status.is_(None))
-                    .values({c.des_name: sa.case(names, value=c.id), c.des_shard: sa.case(shards, value=c.id), c.des_status: READY})
-                )
-                report.marked += result.rowcount
+                marks[row_id] = (row_id, name, shard_of_name(name, bits))
+            if marks:
+                report.marked += writer.write(conn, list(marks.values()))
                 failpoint("marker.in_batch")
         report.batches += 1
         failpoint("marker.between_batches")
