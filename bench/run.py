@@ -367,7 +367,39 @@ def cold_reads(quick: bool, s3: str | None = None, **_: Any) -> Result:
     return run(quick, s3=s3)
 
 
+def _whole_night(files: int, days: int, goal: float, quick: bool) -> Result:
+    """``desq nightly --sync`` on the embedded default vs ``tar cf`` of the same tree (bench/whole_night.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from whole_night import measure
+
+    if quick:
+        files //= 10
+    found = measure(files, days, runs=1 if quick else 3)
+    ratio = found["ratio_vs_tar"]
+    desq_s = statistics.median(found["desq_seconds"])
+    tar_s = statistics.median(found["tar_seconds"])
+    read_s = statistics.median(found["python_read_seconds"])
+    found["per_file_vs_python_read"] = round((desq_s / files) / (read_s / files), 2)
+    return {
+        "figure": f"{desq_s:.2f} s for {files:,} files, {found['containers']} containers", "anchor": f"GNU tar cf: {tar_s:.2f} s", "ratio": ratio,
+        "goal": f">= {goal}x tar", "met": ratio >= goal, "progress": _progress(ratio, goal), "details": found,
+        "plot": {"unit": "seconds (lower is better)", "lower_is_better": True, "bars": [_bar("desq nightly --sync", _median(found["desq_seconds"])), _bar("GNU tar cf", _median(found["tar_seconds"])), _bar("Python open/read/close", _median(found["python_read_seconds"]))]},
+    }
+
+
+def whole_night_small(quick: bool, **_: Any) -> Result:
+    """The whole night, 20k files over 3 days (768 containers of ~26 files)."""
+    return _whole_night(20_000, 3, 0.10, quick)
+
+
+def whole_night_large(quick: bool, **_: Any) -> Result:
+    """The whole night, 100k files over 2 days (512 containers of ~195 files)."""
+    return _whole_night(100_000, 2, 0.25, quick)
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
+    "whole night: 20k files, 768 containers, vs tar": whole_night_small,
+    "whole night: 100k files, 512 containers, vs tar": whole_night_large,
     "pack 0.5-8 KiB files from local disk": pack_vs_tar,
     "pack the same from an S3 source": pack_from_s3,
     "pack from S3 with a 20 ms round trip": pack_from_s3_rtt,

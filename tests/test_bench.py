@@ -23,7 +23,7 @@ def test_quick_bench_produces_its_figures(tmp_path: Path, pg_url: str, s3_endpoi
     )
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads(out.read_text())
-    assert len(document["results"]) == 15
+    assert len(document["results"]) == 17
     for name, figures in document["results"].items():
         assert "figure" in figures and "ratio" in figures and "goal" in figures, (name, figures)
         assert figures.get("plot") or "progress" not in figures, name
