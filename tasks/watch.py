@@ -70,7 +70,7 @@ def _watch_night(today: str) -> str:
     resent = 0
     for index, (task_id, day, shard) in enumerate(record["tasks"]):
         if AsyncResult(task_id, app=app).state == states.PENDING:
-            pack_shard.apply_async(kwargs={"date": day, "shard": shard, "rows": None}, task_id=task_id, group_id=record["group"], group_index=index, chord=callback)
+            pack_shard.apply_async(kwargs={"date": day, "shard": shard, "night": today}, task_id=task_id, group_id=record["group"], group_index=index, chord=callback)
             resent += 1
     if resent:
         logger.warning("night %s: sent %d lost pack_shard task(s) again", today, resent)
