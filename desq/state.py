@@ -70,6 +70,10 @@ def create_tables(engine: Engine, tables: list[sa.Table]) -> None:
             # Someone else created some of them meanwhile (our transaction rolled back): again.
 
 
+def _pack_key(night: str, day: str, shard: str) -> str:
+    return f"pack:{night}:{day}:{shard}"
+
+
 def _finished_key(today: str) -> str:
     return f"night:{today}:finished"
 
@@ -105,6 +109,23 @@ class StateStore:
         if current is not None and day < current:
             raise DesqError(f"the cutoff only moves forward: {day} is before {current}")
         self.set(CUTOFF_KEY, day.isoformat())
+
+    def record_pack(self, night: str, report: dict[str, Any]) -> None:
+        """Keep one pack_shard report of ``night`` for its finish (the chord then passes only a
+        receipt, so finish_night's message stays small however many containers a night has)."""
+        self.set(_pack_key(night, report["date"], report["shard"]), json.dumps(report))
+
+    def night_packs(self, night: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """The reports kept for ``night``, by (date, shard)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(STATE.c.value).where(STATE.c.key.startswith(_pack_key(night, "", "")[:-1], autoescape=True))).scalars().all()
+        reports = [json.loads(v) for v in found]
+        return {(r["date"], r["shard"]): r for r in reports}
+
+    def forget_packs(self, night: str) -> None:
+        """Drop the reports kept for ``night`` (its summary is recorded)."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(STATE).where(STATE.c.key.startswith(_pack_key(night, "", "")[:-1], autoescape=True)))
 
     def record_night(self, today: str, summary: dict[str, Any], packs: list[dict[str, Any]]) -> int:
         """Keep a night's summary (with who packed each container); how often it has finished."""

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Any
 
 from celery import chord
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from desq.deployment import Deployment
 from desq.pipeline import night
@@ -96,14 +96,32 @@ def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = 
         report = PackReport.failed(day, shard, settings().shard_bits, str(exc))
     if report.status == "busy" and self.request.retries < self.max_retries:
         raise self.retry(countdown=settings().pipeline.lease_seconds)
-    return report.as_dict() | where
+    return _receipt(night, report.as_dict() | where)
+
+
+RECEIPT = ("date", "shard", "status")
+
+
+def _receipt(night: str | None, result: dict[str, Any]) -> dict[str, Any]:
+    """What a night's pack_shard hands its chord: the report is kept in desq's state for
+    finish_night, and the chord carries only this receipt (the whole report if it could not be kept)."""
+    if night is None:
+        return result
+    try:
+        state().record_pack(night, result)
+    except SQLAlchemyError:
+        return result
+    return {k: result[k] for k in RECEIPT}
 
 
 @app.task(name="desq.finish_night")
 def finish_night(results: list[dict[str, Any]], today: str, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """After every shard of a night: the cutoff step (uid mode) and the summary, recorded once."""
-    summary = night.finish(deployment(), _day(today), results, notes)
-    state().record_night(today, summary, results)
+    kept = state().night_packs(today)
+    reports = [kept.get((r.get("date"), r.get("shard")), r) for r in results]
+    summary = night.finish(deployment(), _day(today), reports, notes)
+    state().record_night(today, summary, reports)
+    state().forget_packs(today)
     return summary
 
 

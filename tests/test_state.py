@@ -42,6 +42,18 @@ def test_a_night_record_counts_its_finishes(state: StateStore) -> None:
     assert finished is not None and finished.tzinfo is not None
 
 
+def test_pack_reports_are_kept_per_night_until_forgotten(state: StateStore) -> None:
+    one = PackReport(date="2025-11-20", shard="07", container="20251120/07.des", files=3, failures=["row 9: gone"]).as_dict()
+    two = PackReport.failed(date(2025, 11, 20), 255, 8, "boom").as_dict()
+    state.record_pack("2025-11-21", one)
+    state.record_pack("2025-11-21", two)
+    state.record_pack("2025-11-21", one | {"files": 4})  # a task run again keeps its last report
+    state.record_pack("2025-11-2", one)  # another night whose key is a prefix of this one's
+    assert state.night_packs("2025-11-21") == {("2025-11-20", "07"): one | {"files": 4}, ("2025-11-20", "FF"): two}
+    state.forget_packs("2025-11-21")
+    assert state.night_packs("2025-11-21") == {} and list(state.night_packs("2025-11-2")) == [("2025-11-20", "07")]
+
+
 def test_waiting_for_a_night(state: StateStore) -> None:
     threading.Timer(0.3, state.record_night, ("2025-11-21", {}, [])).start()
     rounds: list[int] = []
