@@ -1,4 +1,4 @@
-"""Leases: the one renewer thread per Leases, and fencing."""
+"""Leases: the one renewer thread per Leases, fencing, and when a busy pack should try again."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import os
 import threading
 import time
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from desq.pipeline.lease import LeaseLost, Leases, seconds_left
+from desq.deployment import Deployment
+from desq.layout import container_key
+from desq.pipeline.lease import Lease, LeaseLost, Leases, seconds_left
+from desq.settings import load_settings
+
+DAY = date(2025, 11, 20)
 
 
 @pytest.fixture
@@ -162,3 +167,42 @@ def test_seconds_left() -> None:
     now = datetime.now(timezone.utc)
     assert 9 < seconds_left(now + timedelta(seconds=10)) <= 10
     assert seconds_left(now - timedelta(seconds=10)) == 0
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Deployment:
+    db = tmp_path / "source.db"
+    with sa.create_engine(f"sqlite:///{db}").begin() as conn:
+        conn.execute(sa.text("CREATE TABLE files (id INTEGER PRIMARY KEY, created_at DATETIME, path TEXT, des_name TEXT, des_hash_bits INTEGER, des_status TEXT)"))
+    env = {"DESQ_SOURCE_DB_URL": f"sqlite:///{db}", "DESQ_SOURCE_ROOT": str(tmp_path), "DESQ_ARCHIVE_URL": str(tmp_path / "archive"), "DESQ_SHARD_BITS": "3"}
+    return Deployment(load_settings(env=env))
+
+
+def test_a_busy_pack_says_when_the_holders_lease_expires(deployment: Deployment) -> None:
+    """A killed packer's lease (never renewed again): try again when it expires, not a lease later."""
+    packer = deployment.packer(worker="successor")
+    dead = deployment.leases.acquire(f"pack:{container_key(DAY, 5, 3)}", "killed-packer", 20)
+    assert dead is not None
+    time.sleep(0.5)
+    report = packer.pack(DAY, 5)
+    assert report.status == "busy" and "killed-packer" in report.failures[0]
+    assert 18 < report.retry_in <= 19.5
+    assert report.as_dict()["retry_in"] == report.retry_in
+
+
+def test_a_lease_expiring_meanwhile_is_tried_again_at_once(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease was held when the packer tried to take it and had expired when it asked whose."""
+    packer = deployment.packer(worker="successor")
+    assert deployment.leases.acquire(f"pack:{container_key(DAY, 5, 3)}", "killed-packer", 1.0) is not None
+    acquire = Leases.acquire
+
+    def slow(self: Leases, key: str, holder: str, ttl: float) -> Lease | None:
+        taken = acquire(self, key, holder, ttl)
+        assert taken is None, "the lease should still have been held"
+        time.sleep(1.1)
+        return taken
+
+    monkeypatch.setattr(Leases, "acquire", slow)
+    report = packer.pack(DAY, 5)
+    assert (report.status, report.retry_in) == ("busy", 1.0)
+    assert "another packer" in report.failures[0]
