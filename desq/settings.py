@@ -226,7 +226,7 @@ class StateSettings:
 class PipelineSettings:
     """The packers."""
 
-    lease_seconds: int = opt(300, "a packer's lease on its (date, shard), renewed every third of it; a killed packer's lease frees after this", min=5, max=86400)
+    lease_seconds: int = opt(60, "a packer's lease on its (date, shard), renewed every third of it; a killed packer's lease frees after this, and its task is tried again then", min=5, max=86400)
 
 
 @dataclass(frozen=True)

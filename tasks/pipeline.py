@@ -24,6 +24,9 @@ from tasks.watch import remember_night
 TRANSIENT = (StorageUnavailable, OriginalsUnavailable, OperationalError, LeaseLost)
 """Worth trying again later; any other failure is the data's and is reported, not retried."""
 MAX_RETRIES = 6
+BUSY_RETRIES = 30
+"""A busy pack is tried again when the holder's lease expires: once for a killed packer's, every 2/3
+to 1 lease period while a live packer renews its own; 30 wait out 20 to 30 lease periods of that."""
 
 
 @functools.cache
@@ -94,8 +97,8 @@ def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = 
         report = PackReport.failed(day, shard, settings().shard_bits, f"gave up after retries: {exc}")
     except Exception as exc:  # noqa: BLE001 - PackFailed and other bad data: reported, never retried
         report = PackReport.failed(day, shard, settings().shard_bits, str(exc))
-    if report.status == "busy" and self.request.retries < self.max_retries:
-        raise self.retry(countdown=settings().pipeline.lease_seconds)
+    if report.status == "busy" and self.request.retries < BUSY_RETRIES:
+        raise self.retry(countdown=min(settings().pipeline.lease_seconds + 5, max(1.0, report.retry_in + 2)), max_retries=BUSY_RETRIES)
     return _receipt(night, report.as_dict() | where)
 
 

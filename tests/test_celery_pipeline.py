@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -92,11 +92,26 @@ def test_a_night_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url:
         night.close()
 
 
+KILL_LEASE = 40
+"""The kill test's lease: its night must finish within it plus 30 s of the kill."""
+STOPPED = 10
+"""...for which its child is stopped before the kill, so that its lease has ~3/4 left when it dies: long
+enough for the redelivered task (after the ~180 tasks queued behind it) to find it held."""
+
+
+def _lease_row(night: Night, key: str) -> tuple[int, datetime] | None:
+    with night.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT token, expires_at FROM desq_lease WHERE key = :k"), {"k": f"pack:{key}"}).first()
+    return None if row is None else (int(row.token), row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc))
+
+
 def test_a_packer_killed_mid_pack_leaves_nothing_half_done(tmp_path: Path, redis_url: str, pg_url: str) -> None:
+    """And costs the night no more than its lease: the redelivered task finds the dead child's lease
+    held ("busy") and tries again when that lease expires, not a fixed lease period later."""
     import signal
 
     broker = fresh_redis(redis_url, 6)
-    night = Night(tmp_path, pg_url, {"DESQ_BROKER_URL": broker, "DESQ_QUEUE_COUNT": "1"})
+    night = Night(tmp_path, pg_url, {"DESQ_BROKER_URL": broker, "DESQ_QUEUE_COUNT": "1", "DESQ_PIPELINE_LEASE_SECONDS": str(KILL_LEASE)})
     try:
         night.add(300, 2)
         big = tmp_path / "originals" / "1.txt"  # one 1 GiB original: streamed beside its container
@@ -114,15 +129,32 @@ def test_a_packer_killed_mid_pack_leaves_nothing_half_done(tmp_path: Path, redis
             time.sleep(0.01)
         time.sleep(0.5)
         (child,) = children(packer.pid)
+        # Stopped first (no renewal meanwhile): a retry when the lease expires comes ~30 s after the
+        # kill, one a whole lease after the redelivered task met it more than 40 s after.
+        os.kill(child, signal.SIGSTOP)
+        time.sleep(STOPPED)
         os.kill(child, signal.SIGKILL)
+        killed = datetime.now(timezone.utc)
         day = night.contents[1][0]
         key = container_key(day, shard_of_name(f"{day:%Y%m%d}_1", 8), 8)
+        dead = _lease_row(night, key)
+        assert dead is not None and timedelta(0) < dead[1] - killed <= timedelta(seconds=KILL_LEASE - STOPPED)  # not renewed since
         assert not (tmp_path / "archive" / key).exists()  # no partial container is visible
         with night.engine.connect() as conn:
             packed = conn.execute(sa.text(f"SELECT count(*) FROM {night.table} WHERE des_status = 'PACKED' AND id = 1")).scalar_one()
         assert packed == 0
+        while (now := _lease_row(night, key)) is not None and now[0] == dead[0]:
+            assert datetime.now(timezone.utc) < killed + timedelta(seconds=KILL_LEASE + 30), night.logs()
+            time.sleep(0.1)
+        taken = datetime.now(timezone.utc)
+        assert taken - dead[1] < timedelta(seconds=5), f"taken over {taken - dead[1]} after the dead lease expired"
+        assert taken - killed < timedelta(seconds=KILL_LEASE), f"taken over {taken - killed} after the kill"
+        assert "] retry: Retry in " in (tmp_path / "packer-00-ff.log").read_text(), "the redelivered task never found the lease held"
         summary = night.wait_finished(300)  # the redelivered task finishes the job
         assert summary["failed_rows"] == 0 and night.state(f"night:{TODAY}:finished") == "1"
+        finished = night.store.night_finished_at(TODAY)
+        assert finished is not None and finished - killed < timedelta(seconds=KILL_LEASE + 30), f"the night finished {finished - killed} after the kill"
+        print(f"kill: lease expired {dead[1] - killed} after it, taken over {taken - killed}, night finished {finished - killed}")
         from crc32c import crc32c
 
         archive = Archive(LocalStorage(tmp_path / "archive"))

@@ -23,7 +23,7 @@ the child. Checks at each kill:
 The pool's parent notices the child's death (within ~5 s: Celery's pool maintenance), requeues
 the task (``task_acks_late`` + ``task_reject_on_worker_lost``; kombu's Redis transport puts it at
 the back of the queue) and forks a new child. A redelivered task that still finds the dead child's
-lease held answers "busy" and is retried after ``pipeline.lease_seconds`` (5 s here). Every 4th
+lease held answers "busy" and is retried when that lease expires (leases of 5 s here). Every 4th
 kill ``desq recover`` runs beside the working packer; every 7th kill the whole packer worker is
 restarted (a warm shutdown, which puts back the messages it held, then a new worker). Killing a
 whole solo worker instead would leave its unacknowledged message invisible for the Redis

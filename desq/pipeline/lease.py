@@ -1,15 +1,21 @@
 """Leases: at most one packer works on a (date, shard) at a time.
 
 A lease is a row of desq's own ``desq_lease`` table with an expiry and a fencing token drawn anew
-(62 random bits) every time the lease changes hands, so no two holders ever share one. The holder renews it while it works; before it
+(62 random bits) every time the lease changes hands, so no two holders ever share one. The holder renews it while it works
+(``keep_alive``: one background thread per ``Leases`` renews every lease kept alive); before it
 publishes anything it checks that its token is still the current one and unexpired, so a packer
 that stalled past its lease (and was replaced) cannot publish over its successor's work.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import secrets
 import threading
+import time
+import weakref
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -34,6 +40,11 @@ def _now() -> datetime:
 def _aware(value: datetime) -> datetime:
     """Databases without zone support give naive UTC back."""
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def seconds_left(expires_at: datetime) -> float:
+    """Seconds from now until ``expires_at`` (a lease's, from ``Leases.holder``); 0 once passed."""
+    return max(0.0, (expires_at - _now()).total_seconds())
 
 
 @dataclass
@@ -62,32 +73,119 @@ class Lease:
     def release(self) -> None:
         self.leases._release(self.key, self.token)
 
-    def keep_alive(self) -> _Renewer:
-        """A background thread renewing the lease every ttl/3 until stopped."""
-        return _Renewer(self)
+    def keep_alive(self) -> AbstractContextManager[Lease]:
+        """Renew the lease every ttl/3, from the one renewer thread of its Leases, while inside."""
+        return _Kept(self)
 
 
-class _Renewer:
+class _Kept:
+    """``with lease.keep_alive():`` registered with its Leases' renewer while inside."""
+
+    __slots__ = ("_lease",)
+
     def __init__(self, lease: Lease) -> None:
         self._lease = lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.key}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._lease.ttl / 3):
-            try:
-                if not self._lease.renew():
-                    return
-            except Exception:  # noqa: BLE001 - a failed renewal is retried next round; expiry decides
-                continue
 
     def __enter__(self) -> Lease:
-        self._thread.start()
+        self._lease.leases._renewer.add(self._lease)
         return self._lease
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._lease.leases._renewer.discard(self._lease)
+
+
+class _Renewer:
+    """One daemon thread renewing every lease kept alive, each every third of its ttl.
+
+    Started on the first ``add``; it ends after IDLE_SECONDS with nothing to renew (the next
+    ``add`` starts another). A renewal that raises is tried again after at most RETRY_SECONDS (the
+    expiry decides); one the database refuses (the lease is not ours any more) marks it lost. A
+    forked child (a Celery prefork child) starts with no thread and none of its parent's leases.
+    """
+
+    IDLE_SECONDS = 60.0
+    RETRY_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self._reset()
+        _RENEWERS.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._due: dict[int, tuple[float, Lease]] = {}  # id(lease) -> (monotonic time of its next renewal, lease)
+        self._thread: threading.Thread | None = None
+        self._wakes_at = math.inf
+
+    def add(self, lease: Lease) -> None:
+        due = time.monotonic() + lease.ttl / 3
+        with self._lock:
+            self._due[id(lease)] = (due, lease)
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    del self._due[id(lease)]
+                    raise
+                self._thread = thread
+            elif due < self._wakes_at:
+                self._cond.notify()
+
+    def discard(self, lease: Lease) -> None:
+        with self._lock:
+            entry = self._due.get(id(lease))
+            if entry is not None and entry[1] is lease:
+                del self._due[id(lease)]
+
+    def _run(self) -> None:
+        idle_since: float | None = None
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [lease for at, lease in self._due.values() if at <= now]
+                if not due:
+                    if self._due:
+                        idle_since = None
+                        wake = min(at for at, _ in self._due.values())
+                    else:
+                        idle_since = now if idle_since is None else idle_since
+                        wake = idle_since + self.IDLE_SECONDS
+                        if now >= wake:
+                            self._thread = None
+                            return
+                    self._wakes_at = wake
+                    self._cond.wait(wake - now)
+                    self._wakes_at = math.inf
+                    continue
+            for lease in due:
+                self._renew(lease)
+
+    def _renew(self, lease: Lease) -> None:
+        try:
+            ours, after = lease.renew(), lease.ttl / 3
+        except Exception:  # noqa: BLE001 - tried again soon; expiry decides
+            ours, after = True, min(lease.ttl / 3, self.RETRY_SECONDS)
+        with self._lock:
+            entry = self._due.get(id(lease))
+            if entry is None or entry[1] is not lease:
+                return  # no longer kept alive
+            if ours:
+                self._due[id(lease)] = (time.monotonic() + after, lease)
+            else:
+                del self._due[id(lease)]
+
+
+_RENEWERS: weakref.WeakSet[_Renewer] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """A forked child has no renewer thread and holds none of its parent's leases."""
+    for renewer in list(_RENEWERS):
+        renewer._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Leases:
@@ -95,6 +193,7 @@ class Leases:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._renewer = _Renewer()
         create_tables(engine, [STATE, LEASE])
 
     def acquire(self, key: str, holder: str, ttl: float) -> Lease | None:

@@ -36,7 +36,7 @@ from desq.days import aware
 from desq.errors import DesqError
 from desq.failpoints import failpoint
 from desq.layout import LAYOUT_VERSION, container_key, shard_hex
-from desq.pipeline.lease import Lease, LeaseLost
+from desq.pipeline.lease import Lease, LeaseLost, seconds_left
 from desq.source.rows import SourceRow
 from desq.storage import NotFound, join_key
 
@@ -75,6 +75,8 @@ class PackReport:
     marked_packed: int = 0
     deleted_originals: int = 0
     seconds: float = 0.0
+    retry_in: float = 0.0
+    """busy: seconds until the holder's lease expires (1 if it was freed meanwhile); try again then."""
 
     @classmethod
     def failed(cls, day: date, shard: int, bits: int, error: str) -> PackReport:
@@ -140,6 +142,7 @@ class Packer:
         if lease is None:
             held = self.leases.holder(f"pack:{key}")
             report.status = "busy"
+            report.retry_in = round(seconds_left(held[1]), 3) if held else 1.0
             report.failures.append(f"{key} is being packed by {held[0] if held else 'another packer'}")
             return report
         try:
