@@ -102,7 +102,8 @@ def pack_shard(self: Any, date: str, shard: int, rows: list[list[Any]] | None = 
     return _receipt(night, report.as_dict() | where)
 
 
-RECEIPT = ("date", "shard", "status")
+RECEIPT = ("date", "shard", "status", "container", "files", "seconds", "worker", "queue")
+"""What a receipt says (also what Flower and the result backend show of a pack)."""
 
 
 def _receipt(night: str | None, result: dict[str, Any]) -> dict[str, Any]:
