@@ -45,7 +45,7 @@ def plan_after_cutoff(source: SourceTable, state: StateStore, storage: Storage, 
     kept = []
     for work in plan.work:
         if spool is not None:
-            names: Iterable[str] = spool.spool.names(spool.night, work.date, work.shard)
+            names: Iterable[str] = spool.names(work.date, work.shard)
         else:
             assert plan.rows is not None
             names = (r.name for r in plan.rows[(work.date, work.shard)])
@@ -57,7 +57,7 @@ def plan_after_cutoff(source: SourceTable, state: StateStore, storage: Storage, 
             kept.append(work)
             continue
         if spool is not None:
-            spool.spool.drop(spool.night, work.date, work.shard)
+            spool.drop(work.date, work.shard)
         else:
             assert plan.rows is not None
             del plan.rows[(work.date, work.shard)]

@@ -100,6 +100,16 @@ class SpoolWriter:
         if len(self._batch) >= BATCH:
             self.flush()
 
+    def names(self, day: date, shard: int) -> Iterator[str]:
+        """The names written so far for (day, shard) of this night."""
+        self.flush()
+        return self.spool.names(self.night, day, shard)
+
+    def drop(self, day: date, shard: int) -> None:
+        """Forget (day, shard) of this night (planned, then found complete)."""
+        self.flush()
+        self.spool.drop(self.night, day, shard)
+
     def flush(self) -> None:
         if self._batch:
             with self.spool.engine.begin() as conn:
