@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from desq.storage.s3_objects import s3_client
+from desq.storage.s3_objects import FINISH_READ_TIMEOUT, S3Objects, s3_client
 
 MAKE_CLIENTS = textwrap.dedent(
     """
@@ -45,3 +45,12 @@ def test_a_changed_aws_environment_gets_its_credentials_anew(monkeypatch) -> Non
     assert s3_client("http://127.0.0.1:1")._request_signer._credentials.access_key == "first"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second")
     assert s3_client("http://127.0.0.1:1")._request_signer._credentials.access_key == "second"
+
+
+def test_completing_an_upload_waits_minutes_for_its_answer_other_requests_do_not() -> None:
+    objects = S3Objects("http://127.0.0.1:1", read_timeout=7.0)
+    assert objects.client.meta.config.read_timeout == 7.0
+    assert objects.patient_client.meta.config.read_timeout == FINISH_READ_TIMEOUT >= 300
+    given = s3_client("http://127.0.0.1:1")
+    assert S3Objects(client=given).patient_client is given  # a client passed in is used for everything
+    objects.close()

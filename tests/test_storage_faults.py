@@ -8,6 +8,7 @@ resets connections, stalls, or cuts response bodies short on request.
 from __future__ import annotations
 
 import errno
+import hashlib
 import http.client
 import os
 import threading
@@ -24,7 +25,7 @@ import pytest
 import desq.storage.local as local_backend
 from desq.storage.base import NotFound, RangeError, StaleObject, StorageError, StorageUnavailable
 from desq.storage.local import TEMP_PREFIX, LocalStorage
-from desq.storage.s3 import S3Storage
+from desq.storage.s3 import S3Storage, multipart_etag
 from faultproxy import Fault, FaultProxy, query_has
 
 integration = pytest.mark.integration
@@ -265,6 +266,50 @@ def test_failed_multipart_upload_leaves_nothing_visible(
         assert direct.head(KEY).etag == old.etag
         assert direct.read(KEY, 0, old.size) == b"the older version"
         assert [(info.key, info.size) for info in direct.list()] == [(KEY, old.size)]
+
+
+@integration
+@pytest.mark.parametrize(("status", "code"), [(500, "InternalError"), (404, "NoSuchUpload")], ids=["moto-500", "s3-NoSuchUpload"])
+def test_a_completed_upload_whose_answer_is_lost_is_committed(
+    make_storage: Callable[..., S3Storage], proxy: FaultProxy, direct: S3Storage, raw: Any, status: int, code: str,
+) -> None:
+    """The server completes the upload but its answer never arrives, and the retries find the upload
+    gone (S3 answers NoSuchUpload; moto 500 when a retry overlaps a slow first completion). The
+    object these parts made is there: committed, not aborted."""
+    s3 = make_storage(proxy.url, part_size=5 * MiB)
+    complete = query_has("uploadId")
+    proxy.plan(Fault.lost(method="POST", where=complete))
+    proxy.always = Fault.error(status, code, method="POST", where=complete)
+    payload = os.urandom(11 * MiB)
+
+    info = s3.put(KEY, payload)
+
+    assert proxy.count("POST", complete) >= 2  # the lost answer, then what the retries found
+    assert info.etag == direct.head(KEY).etag and info.size == len(payload)
+    assert direct.read(KEY, 0, len(payload)) == payload
+    assert proxy.count("DELETE", query_has("uploadId")) == 0 and open_uploads(raw, s3.bucket) == []
+
+
+@integration
+def test_a_lost_complete_answer_never_takes_an_older_object_for_the_new_one(
+    make_storage: Callable[..., S3Storage], proxy: FaultProxy, direct: S3Storage,
+) -> None:
+    s3 = make_storage(proxy.url, part_size=5 * MiB)
+    old = direct.put(KEY, os.urandom(11 * MiB))
+    proxy.always = Fault.error(500, method="POST", where=query_has("uploadId"))
+
+    with pytest.raises(StorageUnavailable):
+        s3.put(KEY, os.urandom(11 * MiB))
+
+    assert direct.head(KEY).etag == old.etag
+
+
+def test_the_etag_of_a_multipart_object_is_the_md5_of_its_parts_md5s() -> None:
+    parts = [b"a" * 10, b"b" * 7]
+    etags = [f'"{hashlib.md5(p).hexdigest()}"' for p in parts]
+    whole = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    assert multipart_etag(etags) == f'"{whole}-2"'
+    assert multipart_etag(etags[:1] + ["not-an-md5"]) is None  # SSE-KMS parts: no way to tell
 
 
 @integration

@@ -7,6 +7,7 @@ most one part in memory and are aborted on any failure, so nothing half-written 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -183,6 +184,18 @@ class S3Storage(Storage):
         return aborted
 
 
+def multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 gives an object completed from parts with these ETags: the MD5 of their MD5s and
+    the count (None when a part's ETag is not an MD5, as with SSE-KMS)."""
+    digests = bytearray()
+    for etag in part_etags:
+        hexed = etag.strip('"')
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", hexed):
+            return None
+        digests += bytes.fromhex(hexed)
+    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"'
+
+
 def _total_size(response: dict[str, Any]) -> int | None:
     match = _CONTENT_RANGE.fullmatch(response.get("ContentRange") or "")
     if match and match.group(3) != "*":
@@ -245,16 +258,33 @@ class _S3Upload(Upload):
             else:
                 if self._buffer:
                     self._send_part(len(self._buffer))
-                done = s3._call(
-                    self._what(), s3.client.complete_multipart_upload,
-                    Key=self._full, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
-                )
+                done = self._complete()
         except StorageError:
             self.abort()
             raise
         self._done = True
         self._buffer = bytearray()
         return ObjectInfo(key=self._key, size=self._size, etag=done["ETag"], modified=None)
+
+    def _complete(self) -> dict[str, Any]:
+        """CompleteMultipartUpload, through the patient client. When its answer is lost (a timeout, then
+        retries that find the upload already gone), the object is there if its ETag is the one these
+        parts make: then it was completed."""
+        s3 = self._s3
+        try:
+            return s3._call(
+                self._what(), s3._objects.patient_client.complete_multipart_upload,
+                Key=self._full, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
+            )
+        except StorageError as failed:
+            expected = multipart_etag([part["ETag"] for part in self._parts])
+            try:
+                found = s3.head(self._key)
+            except StorageError:
+                raise failed from None
+            if expected is None or found.etag != expected or found.size != self._size:
+                raise
+            return {"ETag": found.etag}
 
     def abort(self) -> None:
         self._done = True

@@ -48,6 +48,9 @@ TRANSIENT_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeou
 """Failures of a response body while it is read: worth reading it again."""
 _UNAVAILABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 _BUSY = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling")
+FINISH_READ_TIMEOUT = 600.0
+"""Seconds to wait for the answer to a CompleteMultipartUpload: S3 may take minutes to assemble a big
+object (AWS says so), and a retry after a lost answer finds the upload gone."""
 _NO_CREDENTIALS = "no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
 
 
@@ -152,12 +155,27 @@ class S3Objects:
         self.max_attempts = max_attempts
         """Attempts of every request (botocore's retries), and of a body that breaks off."""
         self._own_client = client is None
+        self._endpoint_url = endpoint_url
+        self._client_options = client_options
         if client is None:
-            try:
-                client = s3_client(endpoint_url, max_attempts=max_attempts, **client_options)
-            except (BotoCoreError, ValueError) as exc:
-                raise StorageError(f"cannot make an S3 client: {one_line(exc)}") from exc
+            client = self._make_client(client_options)
         self.client = client
+        self._patient: Any = None if self._own_client else client
+
+    def _make_client(self, options: dict[str, Any]) -> Any:
+        try:
+            return s3_client(self._endpoint_url, max_attempts=self.max_attempts, **options)
+        except (BotoCoreError, ValueError) as exc:
+            raise StorageError(f"cannot make an S3 client: {one_line(exc)}") from exc
+
+    @property
+    def patient_client(self) -> Any:
+        """A client that waits ``FINISH_READ_TIMEOUT`` for an answer: for requests S3 may take minutes
+        over (CompleteMultipartUpload). The same client when one was given."""
+        if self._patient is None:
+            read_timeout = max(FINISH_READ_TIMEOUT, float(self._client_options.get("read_timeout", 30.0)))
+            self._patient = self._make_client(self._client_options | {"read_timeout": read_timeout})
+        return self._patient
 
     def call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
         """``fn(**kwargs)`` (a method of ``client``), its failure mapped to a StorageError about ``what``."""
@@ -200,5 +218,7 @@ class S3Objects:
 
     def close(self) -> None:
         """Close the client if it was made here (a client passed in belongs to its owner)."""
-        if self._own_client and hasattr(self.client, "close"):
-            self.client.close()
+        if self._own_client:
+            for client in (self.client, self._patient):
+                if client is not None and hasattr(client, "close"):
+                    client.close()
