@@ -127,6 +127,15 @@ class StateStore:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(STATE).where(STATE.c.key.startswith(_pack_key(night, "", "")[:-1], autoescape=True)))
 
+    def record_notes(self, night: str, notes: dict[str, Any]) -> None:
+        """Keep what the plan of ``night`` says (rows left out, with examples) for its finish."""
+        self.set(f"night:{night}:notes", json.dumps(notes))
+
+    def night_notes(self, night: str) -> dict[str, Any]:
+        """The plan's notes kept for ``night`` ({} if none were)."""
+        value = self.get(f"night:{night}:notes")
+        return json.loads(value) if value else {}
+
     def record_night(self, today: str, summary: dict[str, Any], packs: list[dict[str, Any]]) -> int:
         """Keep a night's summary (with who packed each container); how often it has finished."""
         runs = self.night_runs(today) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from datetime import date, datetime
 from typing import Any
 
@@ -67,18 +68,22 @@ def _rows(rows: list[list[Any]] | None, day: date, shard: int) -> list[SourceRow
 
 @app.task(name="desq.nightly")
 def nightly(today: str | None = None) -> dict[str, Any]:
-    """Mark (name mode), plan, fan out one pack_shard per (date, shard), then finish_night once."""
+    """Mark (name mode), plan, fan out one pack_shard per (date, shard), then finish_night once.
+
+    Every message is small whatever the night's size: a pack_shard carries its (date, shard, night),
+    and the chord's finish_night only the night and its task count; the rows are in the spool, the
+    notes and the reports in desq's state."""
     day = _day(today)
     marker = deployment().mode.mark(deployment().source, day)
     marked = marker.summary() if marker else ""
     plan = night.plan_night(deployment(), day)
-    notes = night.plan_notes(plan, marker)
+    state().record_notes(day.isoformat(), night.plan_notes(plan, marker))
     header = [pack_shard.s(date=work.date.isoformat(), shard=work.shard, night=plan.night) for work in plan.work]
     if header:
-        result = chord(header)(finish_night.s(today=day.isoformat(), notes=notes))
-        remember_night(day.isoformat(), result, [(w.date.isoformat(), w.shard) for w in plan.work], notes)
+        result = chord(header)(finish_night.si(today=day.isoformat(), tasks=len(header)))
+        remember_night(day.isoformat(), result, [(w.date.isoformat(), w.shard) for w in plan.work])
     else:
-        finish_night.delay([], today=day.isoformat(), notes=notes)
+        finish_night.delay(today=day.isoformat(), tasks=0)
     return {"marked": marked, "tasks": len(header), "files": plan.files}
 
 
@@ -106,23 +111,33 @@ RECEIPT = ("date", "shard", "status", "container", "files", "seconds", "worker",
 """What a receipt says (also what Flower and the result backend show of a pack)."""
 
 
+KEEP_ATTEMPTS = 5
+
+
 def _receipt(night: str | None, result: dict[str, Any]) -> dict[str, Any]:
-    """What a night's pack_shard hands its chord: the report is kept in desq's state for
-    finish_night, and the chord carries only this receipt (the whole report if it could not be kept)."""
+    """What a night's pack_shard returns: its report is kept in desq's state for finish_night, and
+    the result is a receipt of it. A report that cannot be kept (desq's database down for ~15 s) is
+    the result itself: finish_night then counts the pack as unreported."""
     if night is None:
         return result
-    try:
-        state().record_pack(night, result)
-    except SQLAlchemyError:
-        return result
-    return {k: result[k] for k in RECEIPT}
+    for attempt in range(KEEP_ATTEMPTS):
+        try:
+            state().record_pack(night, result)
+            return {k: result[k] for k in RECEIPT}
+        except SQLAlchemyError:
+            if attempt + 1 < KEEP_ATTEMPTS:
+                time.sleep(2**attempt)
+    return result
 
 
 @app.task(name="desq.finish_night")
-def finish_night(results: list[dict[str, Any]], today: str, notes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """After every shard of a night: the cutoff step (uid mode) and the summary, recorded once."""
-    kept = state().night_packs(today)
-    reports = [kept.get((r.get("date"), r.get("shard")), r) for r in results]
+def finish_night(results: list[dict[str, Any]] | None = None, today: str = "", tasks: int | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """After every shard of a night: the cutoff step (uid mode) and the summary, recorded once.
+
+    The reports are the ones the night's pack_shard tasks kept in desq's state; ``results`` and
+    ``notes`` are read too, from chords sent before they were kept there."""
+    reports = night.gather_reports(state().night_packs(today), results or [], tasks)
+    notes = state().night_notes(today) if notes is None else notes
     summary = night.finish(deployment(), _day(today), reports, notes)
     state().record_night(today, summary, reports)
     state().forget_packs(today)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from celery import states
 from celery.backends.base import BaseKeyValueStoreBackend
@@ -28,13 +27,13 @@ def _watch_key(today: str) -> str:
     return f"desq-night-watch-{today}"
 
 
-def remember_night(today: str, result: AsyncResult, work: list[tuple[str, int]], notes: dict[str, Any]) -> None:
+def remember_night(today: str, result: AsyncResult, work: list[tuple[str, int]]) -> None:
     """Remember which task packs which (date, shard) of the night's chord, for watch_nights."""
     if not isinstance(app.backend, BaseKeyValueStoreBackend):
         return
     group = result.parent
     tasks = [[child.id, day, shard] for child, (day, shard) in zip(group.results, work, strict=True)]
-    record = {"group": group.id, "callback": result.id, "tasks": tasks, "since": time.time(), "notes": notes}
+    record = {"group": group.id, "callback": result.id, "tasks": tasks, "since": time.time()}
     app.backend.set(_watch_key(today), json.dumps(record))
     watched = set(json.loads(app.backend.get(WATCHED) or "[]"))
     app.backend.set(WATCHED, json.dumps(sorted(watched | {today})))
@@ -66,7 +65,7 @@ def _watch_night(today: str) -> str:
         return "done" if finished else "gave up"
     if not _queues_empty(settings().layout.queue_names()):
         return "waiting"
-    callback = finish_night.s(today=today, notes=record.get("notes")).set(task_id=record["callback"], group_id=record["group"])
+    callback = finish_night.si(today=today, tasks=len(record["tasks"])).set(task_id=record["callback"], group_id=record["group"])
     resent = 0
     for index, (task_id, day, shard) in enumerate(record["tasks"]):
         if AsyncResult(task_id, app=app).state == states.PENDING:

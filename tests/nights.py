@@ -61,7 +61,7 @@ class Night:
             data = (f"file {i} ".encode() * (1 + i % 40))[: 200 + i % 700]
             (self.root / "originals" / f"{i}.txt").write_bytes(data)
             self.contents[i] = (day, data)
-            rows.append({"id": i, "c": datetime.combine(day, datetime.min.time()) + timedelta(seconds=i), "p": f"{i}.txt"})
+            rows.append({"id": i, "c": datetime.combine(day, datetime.min.time()) + timedelta(seconds=i % 86_400), "p": f"{i}.txt"})
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO {self.table} (id, created_at, path) VALUES (:id, :c, :p)"), rows)
 

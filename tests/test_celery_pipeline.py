@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +24,9 @@ from desq.layout import container_key, shard_of_name
 from desq.storage.local import LocalStorage
 from nights import BIN, TODAY, Night, env_for, fresh_redis
 from procs import children
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from broker_tap import BrokerTap  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +87,19 @@ def test_midnights_through_workers(tmp_path: Path, mode: str) -> None:
         night.close()
 
 
-def test_a_night_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url: str) -> None:
+def test_a_night_of_200k_files_on_redis_and_postgresql(tmp_path: Path, redis_url: str, pg_url: str) -> None:
+    """Issue 18's night in CI: 200k files over 4 days (1024 containers). Every task message, as Redis
+    saw it, is under 4 KiB: a pack_shard carries (date, shard, night), finish_night the night."""
     broker = fresh_redis(redis_url, 5)
     night = Night(tmp_path, pg_url, {"DESQ_BROKER_URL": broker})
     try:
-        run_night(night, files=20_000, days=4, timeout=900)
+        with BrokerTap(broker) as tap:
+            run_night(night, files=200_000, days=4, timeout=1200)
+        seen = tap.stop()
     finally:
         night.close()
+    assert seen["counts"].get("desq.pack_shard", 0) >= 1024 and seen["counts"].get("desq.finish_night") == 1, seen
+    assert max(seen["largest"].values()) < 4096, seen
 
 
 KILL_LEASE = 40

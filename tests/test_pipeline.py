@@ -16,7 +16,7 @@ from desq.layout import container_key, shard_of_name
 from desq.pipeline import pack as pack_module
 from desq.source import plan as plan_module
 from desq.pipeline.lease import Lease, LeaseLost
-from desq.pipeline.night import recover, run_sync
+from desq.pipeline.night import UNREPORTED, gather_reports, recover, run_sync
 from desq.pipeline.pack import Packer, PackFailed
 from desq.source.fetch import Fetcher
 from desq.settings import Settings, load_settings
@@ -397,3 +397,13 @@ def test_originals_of_files_found_in_their_container_are_deleted_only_if_they_ma
     assert report.deleted_originals == len(ids) - 1
     assert (site.originals / f"{changed}.bin").exists() and not any((site.originals / f"{i}.bin").exists() for i in ids if i != changed)
     assert any(f"row {changed}: original differs" in f for f in report.failures)
+
+
+def test_a_nights_reports_are_the_kept_ones_then_results_carried_then_one_entry_per_missing_task() -> None:
+    kept = {("2025-11-20", "07"): {"date": "2025-11-20", "shard": "07", "status": "packed", "files": 3}}
+    carried = [{"date": "2025-11-20", "shard": "07", "status": "packed", "files": 1}, {"date": "2025-11-20", "shard": "08", "status": "packed"}]
+    assert gather_reports(kept, carried, 2) == [kept[("2025-11-20", "07")], carried[1]]
+    short = gather_reports(kept, [], 3)
+    assert [r["status"] for r in short] == ["packed", UNREPORTED, UNREPORTED]
+    assert len(short[1]["failures"]) == 1 and short[2]["failures"] == []  # said once, counted per task
+    assert gather_reports({}, [], None) == [] and gather_reports(kept, [], 0) == [kept[("2025-11-20", "07")]]

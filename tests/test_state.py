@@ -54,6 +54,13 @@ def test_pack_reports_are_kept_per_night_until_forgotten(state: StateStore) -> N
     assert state.night_packs("2025-11-21") == {} and list(state.night_packs("2025-11-2")) == [("2025-11-20", "07")]
 
 
+def test_a_nights_notes_are_kept_until_replaced(state: StateStore) -> None:
+    assert state.night_notes("2025-11-21") == {}
+    state.record_notes("2025-11-21", {"unplaced": 2, "examples": ["row 7: créé à minuit"]})
+    state.record_notes("2025-11-21", {"unplaced": 3, "examples": []})  # the night planned again
+    assert state.night_notes("2025-11-21") == {"unplaced": 3, "examples": []}
+
+
 def test_waiting_for_a_night(state: StateStore) -> None:
     threading.Timer(0.3, state.record_night, ("2025-11-21", {}, [])).start()
     rounds: list[int] = []

@@ -45,6 +45,23 @@ def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
     return notes
 
 
+UNREPORTED = "unreported"
+
+
+def gather_reports(kept: dict[tuple[str, str], dict[str, Any]], results: list[dict[str, Any]], tasks: int | None) -> list[dict[str, Any]]:
+    """A night's pack reports: those kept in desq's state, then any other ``results`` carried; when
+    fewer than the night's ``tasks``, one "unreported" entry for each missing."""
+    reports = dict(kept)
+    for result in results:
+        reports.setdefault((result.get("date"), result.get("shard")), result)
+    gathered = list(reports.values())
+    missing = (tasks or 0) - len(gathered)
+    for index in range(max(0, missing)):
+        lost = ["a pack_shard task left no report (desq's database was down): the next night packs what it left READY"]
+        gathered.append({"status": UNREPORTED, "failures": lost if index == 0 else []})
+    return gathered
+
+
 def finish(deployment: Deployment, today: date, packs: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """After every shard of a night: the cutoff step (uid mode), then the night's summary, which is
     also published beside the containers (``_desq/night.json``) for the files API's metrics."""
