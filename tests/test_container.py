@@ -8,6 +8,7 @@ import random
 import sys
 import tracemalloc
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -445,3 +446,17 @@ def test_memoryview_of_wider_items_is_stored_as_its_bytes() -> None:
     numbers = array("I", range(1000))
     reader = open_container(BytesSource(build([("n", memoryview(numbers))])))
     assert reader.read("n") == numbers.tobytes()
+
+
+def test_a_file_source_that_cannot_open_raises_its_error_and_nothing_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import sys
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(FileNotFoundError):
+        FileSource(tmp_path / "missing.des")
+    with pytest.raises(TypeError):
+        FileSource(object())  # type: ignore[arg-type]
+    gc.collect()
+    assert unraisable == []  # no error from __del__ of the half-made source

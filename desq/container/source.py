@@ -56,6 +56,7 @@ class FileSource:
     """A source over a local file, read with ``pread`` (safe to share between threads)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._fd = -1  # so that close() (and __del__) work when the open below fails
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.stat = os.fstat(self._fd)
