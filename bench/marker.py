@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -28,23 +30,28 @@ from desq.layout import shard_of_name  # noqa: E402
 START = datetime(2025, 11, 1)
 
 
+def create_files_table(engine: sa.Engine, table: str, rows: Iterable[tuple[int, datetime, str]], *, chunk: int = 500_000) -> None:
+    """CREATE the business table (id, created_at, path and the DES columns, empty) and COPY ``rows``
+    (id, created_at, path) in, ``chunk`` rows per COPY."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE {table} (id bigint PRIMARY KEY, created_at timestamp, path text, des_name text, des_hash_bits int, des_status text)"))
+    raw = engine.raw_connection()
+    try:
+        rows = iter(rows)
+        while batch := list(itertools.islice(rows, chunk)):
+            buf = io.StringIO("".join(f"{i}\t{created}\t{path}\t\\N\t\\N\t\\N\n" for i, created, path in batch))
+            with raw.cursor() as cur:
+                cur.copy_expert(f"COPY {table} FROM STDIN", buf)
+            raw.commit()
+    finally:
+        raw.close()
+
+
 def build_table(url: str, rows: int, name: str | None = None) -> str:
     """A fresh business table of ``rows`` rows over 20 days (COPY: fast), with the DES columns empty."""
     name = name or f"bench_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE TABLE {name} (id bigint PRIMARY KEY, created_at timestamp, path text, des_name text, des_hash_bits int, des_status text)"))
-    raw = engine.raw_connection()
-    try:
-        buf = io.StringIO()
-        for i in range(1, rows + 1):
-            buf.write(f"{i}\t{START + timedelta(seconds=i * 1728000 // rows)}\t/data/{i}.pdf\t\\N\t\\N\t\\N\n")
-        buf.seek(0)
-        with raw.cursor() as cur:
-            cur.copy_expert(f"COPY {name} FROM STDIN", buf)
-        raw.commit()
-    finally:
-        raw.close()
+    create_files_table(engine, name, ((i, START + timedelta(seconds=i * 1728000 // rows), f"/data/{i}.pdf") for i in range(1, rows + 1)))
     with engine.begin() as conn:
         conn.execute(sa.text(f"ANALYZE {name}"))
     engine.dispose()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import os
 import random
@@ -34,6 +33,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from marker import create_files_table  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DAY = date(2025, 11, 20)
@@ -237,25 +239,16 @@ class Night:
         self.ids = pick_ids(self.per_shard)
         warm = list(range(10_000_000, 10_000_000 + WARM_FILES))
         root = self.work / "originals"
-        buf = io.StringIO()
+        rows = []
         for i in self.ids + warm:
             rel = f"{i % 256:02x}/{i}.bin"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(original(i))
-            moment = datetime.combine(WARM_DAY if i >= 10_000_000 else DAY, dtime()) + timedelta(seconds=i % 86_000)
-            buf.write(f"{i}\t{moment}\t{rel}\t\\N\t\\N\t\\N\n")
+            rows.append((i, datetime.combine(WARM_DAY if i >= 10_000_000 else DAY, dtime()) + timedelta(seconds=i % 86_000), rel))
         (self.work / "archive").mkdir()
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
-            conn.execute(sa.text(f"CREATE TABLE {self.table} (id bigint PRIMARY KEY, created_at timestamp, path text, des_name text, des_hash_bits int, des_status text)"))
-        raw = self.engine.raw_connection()
-        try:
-            buf.seek(0)
-            with raw.cursor() as cur:
-                cur.copy_expert(f"COPY {self.table} FROM STDIN", buf)
-            raw.commit()
-        finally:
-            raw.close()
+        create_files_table(self.engine, self.table, rows)
         with self.engine.begin() as conn:
             conn.execute(sa.text(f"CREATE INDEX files_des ON {self.table} (des_status, des_hash_bits)"))
         source = SourceTable.connect(self.settings)
@@ -392,7 +385,7 @@ class Night:
         out = []
         for key in self.redis.scan_iter("celery-task-meta-*", count=1000):
             meta = json.loads(self.redis.get(key) or "{}")
-            if meta.get("name") == "desq.pack_shard" and isinstance(meta.get("result"), dict):
+            if meta.get("name") == "desq.pack_shard" and meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
                 done = datetime.fromisoformat(meta["date_done"])
                 out.append(meta["result"] | {"done": (done if done.tzinfo else done.replace(tzinfo=timezone.utc)).timestamp()})
         return out
