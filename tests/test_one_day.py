@@ -268,3 +268,23 @@ def test_bad_values_in_source_check(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "id 100: created_at is NULL" in out and "id 102: created_at 2099-06-01 10:00:00 is in the future" in out
     assert "1 marked with a created_at before 1900" in out and "id 103: created_at 0001-01-01 00:00:00 is before 1900; marked as 00010101_103" in out
     business.drop()
+
+
+def test_a_night_whose_originals_cannot_be_read_exits_1_and_packs_them_the_next_night(in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    (in_tmp / "desq-data").mkdir()
+    (in_tmp / "files").mkdir()
+    engine = sa.create_engine(f"sqlite:///{in_tmp / 'desq-data' / 'source.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE files (id INTEGER PRIMARY KEY, created_at DATETIME, path TEXT, des_name TEXT, des_hash_bits INTEGER, des_status TEXT)"))
+        for i in range(1, 4):
+            conn.execute(sa.text("INSERT INTO files (id, created_at, path) VALUES (:i, '2025-11-14 08:00:00', :p)"), {"i": i, "p": str(in_tmp / "files" / f"{i}.bin")})
+    monkeypatch.setenv("DESQ_ARCHIVE_URL", str(in_tmp / "archive"))
+    assert run(["nightly", "--sync", "--today", "2025-11-23"]) == 1  # no original can be read
+    captured = capsys.readouterr()
+    assert "3 row(s) could not be packed" in captured.err and captured.err.count("\n") == 1, captured.err
+    for i in range(1, 4):
+        (in_tmp / "files" / f"{i}.bin").write_bytes(b"back %d" % i)
+    assert run(["nightly", "--sync", "--today", "2025-11-23"]) == 0
+    assert "packed 3 file(s)" in capsys.readouterr().out
+    archive = Archive(LocalStorage(in_tmp / "archive"))
+    assert archive.read(f"20251114/{shard_of_name('20251114_2', 8):02X}.des", "20251114_2") == b"back 2"

@@ -136,8 +136,11 @@ def nightly(settings: Settings, today: date | None, sync: bool) -> None:
     for failure in summary["failures"]:
         click.echo(f"  {failure}")
     failed = summary["by_status"].get("failed", 0)
-    if failed:
-        raise DesqError(f"{failed} of {summary['tasks']} pack task(s) failed; see above")
+    troubles = [f"{failed} of {summary['tasks']} pack task(s) failed"] if failed else []
+    if summary.get("failed_rows"):
+        troubles.append(f"{summary['failed_rows']} row(s) could not be packed (the next night tries them again)")
+    if troubles:
+        raise DesqError("; ".join(troubles) + "; see above")
 
 
 @main.command()
