@@ -1,6 +1,6 @@
 """One night of 256 shards packed through real Celery workers: 1 packer worker, then 2.
 
-    python bench/night.py [--quick] --pg postgresql+psycopg2://... --redis redis://127.0.0.1:6379/13
+    python bench/night.py [--quick] --pg postgresql+psycopg2://... --redis redis://127.0.0.1:6379/13 [--per-shard 782 --repeat 2 --sample 20000]
 
 Builds a business table in a schema of its own (PostgreSQL), its originals on local disk, and an
 archive on local disk; starts a control worker (queue ``desq``) and two packer workers (prefork,
@@ -470,16 +470,16 @@ class Night:
                 shutil.rmtree(self.work, ignore_errors=True)
 
 
-def night_workers(quick: bool, pg: str | None = None, redis: str | None = None, **_: Any) -> dict[str, Any]:
+def night_workers(quick: bool, pg: str | None = None, redis: str | None = None, *, per_shard: int = 0, repeat: int = 0, sample: int = 0, **_: Any) -> dict[str, Any]:
     """Pack one night of 256 shards (~40 files each; --quick ~10) with 1 then 2 packer workers, alternating."""
     if pg is None:
         return {"skipped": "needs PostgreSQL (--pg URL)"}
     if redis is None:
         return {"skipped": "needs Redis (--redis URL)"}
-    per_shard = 10 if quick else 40
-    repeat = 2 if quick else 3
-    timeout = 60.0 if quick else 180.0
-    sample = 200 if quick else 1 << 20
+    per_shard = per_shard or (10 if quick else 40)
+    repeat = repeat or (2 if quick else 3)
+    timeout = (60.0 if quick else 180.0) * max(1.0, per_shard / 40)
+    sample = sample or (200 if quick else 1 << 20)
     wall = time.monotonic()
     load_before = [round(x, 2) for x in os.getloadavg()]
     night = Night(pg, redis, per_shard)
@@ -585,8 +585,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pg", help="PostgreSQL URL (postgresql+psycopg2://...)")
     parser.add_argument("--redis", help="Redis URL; its database number if not 0, else 13, is flushed and used")
+    parser.add_argument("--per-shard", type=int, default=0, help="files per shard (default 40, --quick 10; 782 makes issue 18's 200k-file night)")
+    parser.add_argument("--repeat", type=int, default=0, help="nights per worker count (default 3, --quick 2)")
+    parser.add_argument("--sample", type=int, default=0, help="files read back after each night (default all, --quick 200)")
     args = parser.parse_args()
-    print(json.dumps(night_workers(args.quick, pg=args.pg, redis=args.redis), indent=2, default=str))
+    print(json.dumps(night_workers(args.quick, pg=args.pg, redis=args.redis, per_shard=args.per_shard, repeat=args.repeat, sample=args.sample), indent=2, default=str))
 
 
 if __name__ == "__main__":

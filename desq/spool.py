@@ -10,6 +10,7 @@ earlier nights that never finished are deleted when a later night is planned.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -23,6 +24,8 @@ from desq.state import SPOOL, create_tables
 
 BATCH = 5000
 """Rows inserted per transaction while a night is spooled."""
+COLUMNS = ("night", "day", "shard", "seq", "id_int", "id_text", "name", "created_at", "path")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 class Spool:
@@ -82,7 +85,8 @@ class SpoolWriter:
         self.spool = spool
         self.night = night
         self.counts: Counter[tuple[date, int]] = Counter()
-        self._batch: list[dict[str, object]] = []
+        self._batch: list[tuple[object, ...]] = []
+        self._copy = spool.engine.dialect.name == "postgresql" and spool.engine.dialect.driver == "psycopg2"
         with spool.engine.begin() as conn:
             # This night's earlier attempt, and earlier nights that never finished: their rows are
             # planned again tonight (READY rows, or the days after the cutoff).
@@ -92,11 +96,11 @@ class SpoolWriter:
         key = (row.date, row.shard)
         seq = self.counts[key]
         self.counts[key] = seq + 1
-        self._batch.append({
-            "night": self.night, "day": row.date.isoformat(), "shard": row.shard, "seq": seq,
-            "id_int": row.id if isinstance(row.id, int) else None, "id_text": None if isinstance(row.id, int) else str(row.id),
-            "name": row.name, "created_at": row.created_at.isoformat() if row.created_at is not None else None, "path": row.path,
-        })
+        number = isinstance(row.id, int)
+        self._batch.append((
+            self.night, row.date.isoformat(), row.shard, seq, row.id if number else None, None if number else str(row.id),
+            row.name, row.created_at.isoformat() if row.created_at is not None else None, row.path,
+        ))
         if len(self._batch) >= BATCH:
             self.flush()
 
@@ -111,10 +115,18 @@ class SpoolWriter:
         self.spool.drop(self.night, day, shard)
 
     def flush(self) -> None:
-        if self._batch:
-            with self.spool.engine.begin() as conn:
-                conn.execute(sa.insert(SPOOL), self._batch)
-            self._batch = []
+        """Write the rows added since the last flush, in one transaction (PostgreSQL: one COPY,
+        ~10x the rows/s of a multi-row INSERT through SQLAlchemy)."""
+        if not self._batch:
+            return
+        with self.spool.engine.begin() as conn:
+            if self._copy:
+                table = conn.dialect.identifier_preparer.format_table(SPOOL)
+                with conn.connection.dbapi_connection.cursor() as cursor:
+                    cursor.copy_expert(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN", io.StringIO(_copy_text(self._batch)))
+            else:
+                conn.execute(sa.insert(SPOOL), [dict(zip(COLUMNS, values, strict=True)) for values in self._batch])
+        self._batch = []
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -122,6 +134,18 @@ class SpoolWriter:
     def __exit__(self, kind: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None) -> None:
         if kind is None:
             self.flush()
+
+
+def _copy_text(rows: list[tuple[object, ...]]) -> str:
+    """``rows`` in COPY's text format: tab-separated, \\N for NULL. Only the free text (a text id,
+    the name, the path) can hold a tab, newline or backslash; the other columns are dates and numbers."""
+    null = "\\N"
+    lines = []
+    for night, day, shard, seq, id_int, id_text, name, created, path in rows:
+        number = null if id_int is None else id_int
+        text = null if id_text is None else str(id_text).translate(_COPY_ESCAPES)
+        lines.append(f"{night}\t{day}\t{shard}\t{seq}\t{number}\t{text}\t{str(name).translate(_COPY_ESCAPES)}\t{null if created is None else created}\t{str(path).translate(_COPY_ESCAPES)}\n")
+    return "".join(lines)
 
 
 def _created(text: str | None) -> datetime | date | None:

@@ -59,6 +59,20 @@ def test_rows_come_back_in_planned_order_with_their_types(spool: Spool) -> None:
     assert spool.clear(key) == 4 and spool.count(key) == 0
 
 
+def test_text_that_copy_would_take_for_its_own_comes_back_as_it_was(spool: Spool) -> None:
+    """Tabs, newlines, backslashes and a literal \\N in ids, names and paths (PostgreSQL writes
+    the spool with COPY, whose text format gives those a meaning)."""
+    key = night()
+    awkward = ["tab\there", "line\nbreak\r", "back\\slash", "\\N", "", " ", "end\\"]
+    planned = [SourceRow(id=text, name=f"n{i}{text}", created_at=None, path=f"p/{text}/{i}", date=DAY, shard=1) for i, text in enumerate(awkward)]
+    planned.append(SourceRow(id=-(2**63), name="min", created_at=datetime(1, 1, 1, tzinfo=timezone.utc), path="\\N", date=DAY, shard=1))
+    with spool.writer(key) as writer:
+        for r in planned:
+            writer.add(r)
+    assert spool.rows(key, DAY, 1) == planned
+    spool.clear(key)
+
+
 def test_a_night_planned_again_replaces_its_rows_and_earlier_nights_go(spool: Spool) -> None:
     old, key = "1999-01-01", night()
     with spool.writer(old) as writer:
