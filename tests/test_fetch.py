@@ -285,6 +285,29 @@ def test_slow_local_reads_go_to_the_pool_and_come_back(src: Path, monkeypatch: p
     assert all(reader[i] == threading.current_thread().name for i in range(n - 100, n)), "fast reads never came back inline"
 
 
+def test_local_reads_slowed_only_by_busy_cpus_stay_inline(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that takes long without blocking (its thread waited for a CPU, not for a disk) gains
+    nothing on the pool: it stays in the consumer's thread."""
+    n = 300
+    for i in range(n):
+        write(src / f"{i}", blob(500, i))
+    real = Fetcher._fetch_local
+    reader: dict[int, str] = {}
+
+    def busy(self: Fetcher, run: object, index: int, r: SourceRow) -> tuple[Original, int]:
+        until = time.perf_counter() + 4 * fetch_module.SLOW_LOCAL_READ
+        while time.perf_counter() < until:
+            pass
+        reader[index] = threading.current_thread().name
+        return real(self, run, index, r)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Fetcher, "_fetch_local", busy)
+    with Fetcher(root=str(src), threads=8) as fetcher:
+        got = list(fetcher.fetch(row(str(i), id=i) for i in range(n)))
+    assert [o.data for o in got] == [blob(500, i) for i in range(n)]
+    assert {name for name in reader.values()} == {threading.current_thread().name} and fetcher.inline_rows == n
+
+
 def test_relative_paths_need_a_root(tmp_path: Path) -> None:
     absolute = write(tmp_path / "a.txt", b"abs")
     with Fetcher() as fetcher:

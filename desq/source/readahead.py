@@ -7,11 +7,14 @@ item. Reservations are granted in item order, so the item the consumer waits for
 reserved (no deadlock), and one item larger than the whole budget is fetched alone.
 
 Cheap items (local files in the page cache) are fetched in the consumer's own thread while
-``Pace`` finds them fast: handing a 4 KiB read to a pool costs more than the read.
+``Pace`` finds them fast: handing a 4 KiB read to a pool costs more than the read. A read that took
+long without ever blocking (this thread was only waiting for a CPU, as when packers fill every core)
+counts as fast: on the pool it would wait for the same CPU, plus the hand-off.
 """
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from collections import deque
@@ -25,6 +28,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _END: Any = object()
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
+
+
+def _voluntary_switches() -> int:
+    """This thread's voluntary context switches so far (it blocked: on I/O, a lock); -1 if unknown."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
 
 
 class Cancelled(Exception):
@@ -54,10 +63,10 @@ class Pace:
         """Whether the next cheap item is fetched in the consumer's thread."""
         return self.probing > 0 or self.cost < self.slow
 
-    def note_inline(self, seconds: float) -> None:
-        """Count an inline fetch that took ``seconds``."""
+    def note_inline(self, seconds: float, *, blocked: bool = True) -> None:
+        """Count an inline fetch that took ``seconds`` (``blocked``: it waited for I/O, else only for a CPU)."""
         self.probing = max(0, self.probing - 1)
-        seconds = min(seconds, 4 * self.slow)  # one stall (a page fault, a GC pass) is not a slow disk
+        seconds = min(seconds, 4 * self.slow) if blocked else 0.0  # one stall (a page fault, a GC pass) is not a slow disk
         self.cost = 0.9 * self.cost + 0.1 * seconds  # from 0: the first read of a run pays for cold dentries
 
     def note_pooled(self) -> None:
@@ -164,9 +173,9 @@ def read_ahead(
                     raise FetchError("the fetcher was closed while fetching")
                 is_cheap = cheap(item)
                 if is_cheap and not pending and pace.inline():
-                    started = time.perf_counter()
+                    switches, started = _voluntary_switches(), time.perf_counter()
                     result, reserved = fetch(run, index, item)
-                    pace.note_inline(time.perf_counter() - started)
+                    pace.note_inline(time.perf_counter() - started, blocked=switches < 0 or _voluntary_switches() > switches)
                     on_inline()
                     index += 1
                     yield result
