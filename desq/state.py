@@ -93,11 +93,16 @@ class StateStore:
             return conn.execute(sa.select(STATE.c.value).where(STATE.c.key == key)).scalar_one_or_none()
 
     def set(self, key: str, value: str) -> None:
+        self.set_many({key: value})
+
+    def set_many(self, values: dict[str, str]) -> None:
+        """Set every key in one transaction: a reader sees all of them or none."""
         now = datetime.now(timezone.utc)
         with self.engine.begin() as conn:
-            updated = conn.execute(sa.update(STATE).where(STATE.c.key == key).values(value=value, updated_at=now)).rowcount
-            if not updated:
-                conn.execute(sa.insert(STATE).values(key=key, value=value, updated_at=now))
+            for key, value in values.items():
+                updated = conn.execute(sa.update(STATE).where(STATE.c.key == key).values(value=value, updated_at=now)).rowcount
+                if not updated:
+                    conn.execute(sa.insert(STATE).values(key=key, value=value, updated_at=now))
 
     def cutoff(self) -> date | None:
         """uid mode's ARCHIVE_CUTOFF_DATE (None before anything is archived)."""
@@ -139,9 +144,9 @@ class StateStore:
     def record_night(self, today: str, summary: dict[str, Any], packs: list[dict[str, Any]]) -> int:
         """Keep a night's summary (with who packed each container); how often it has finished."""
         runs = self.night_runs(today) + 1
-        self.set(_finished_key(today), str(runs))
         packed_by = {p["container"]: {"worker": p.get("worker", ""), "queue": p.get("queue", ""), "status": p.get("status")} for p in packs if p.get("container")}
-        self.set(f"night:{today}:summary", json.dumps(summary | {"packed_by": packed_by}))
+        # One transaction: whoever sees the night finished also finds its summary.
+        self.set_many({f"night:{today}:summary": json.dumps(summary | {"packed_by": packed_by}), _finished_key(today): str(runs)})
         return runs
 
     def night_runs(self, today: str) -> int:

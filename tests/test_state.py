@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from desq.errors import DesqError
 from desq.pipeline.pack import PackReport
@@ -40,6 +41,23 @@ def test_a_night_record_counts_its_finishes(state: StateStore) -> None:
     assert summary == {"files": 3, "packed_by": {"20251120/07.des": {"worker": "w1", "queue": "shards-00-3f", "status": "packed"}}}
     finished = state.night_finished_at("2025-11-21")
     assert finished is not None and finished.tzinfo is not None
+
+
+def test_a_night_is_recorded_finished_with_its_summary_in_one_transaction(state: StateStore) -> None:
+    """A waiter that sees the night finished must find its summary (they were two commits once,
+    and a benchmark polling between them read no summary)."""
+    commits: list[object] = []
+
+    def committed(conn: object) -> None:
+        commits.append(conn)
+
+    sa.event.listen(state.engine, "commit", committed)
+    try:
+        state.record_night("2025-11-21", {"files": 3}, [])
+    finally:
+        sa.event.remove(state.engine, "commit", committed)
+    assert len(commits) == 1
+    assert state.night_runs("2025-11-21") == 1 and state.night_summary("2025-11-21") == {"files": 3, "packed_by": {}}
 
 
 def test_pack_reports_are_kept_per_night_until_forgotten(state: StateStore) -> None:
