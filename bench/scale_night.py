@@ -2,7 +2,7 @@
 
     python bench/scale_night.py --pg postgresql+psycopg2://... --redis redis://127.0.0.1:6391/12 \\
         [--rows 10000000] [--originals 2000000] [--days 10] [--readback 100000] \\
-        [--s3 http://127.0.0.1:5055] [--profile 60] [--keep]
+        [--s3 http://127.0.0.1:5055] [--profile 60] [--out FILE] [--plan-only]
 
 Builds a business table (its own schema, no index beyond the primary key) of ``--rows`` rows over
 ``--days`` days whose paths point at ``--originals`` distinct files on local disk (row i at original
@@ -123,6 +123,20 @@ class ScaleNight(Night):
             raise RuntimeError(f"desq mark exited {proc.returncode}: {said[-2000:]}")
         return {"rows": self.rows, "seconds": round(seconds, 1), "rows_per_s": round(self.rows / seconds), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
                 "peak_rss_MiB": round(usage.ru_maxrss / 1024, 1), "said": said.strip().splitlines()[:1]}
+
+    def plan_only(self) -> dict[str, Any]:
+        """The planner alone, in this process: what ``desq.nightly`` does before its fan-out."""
+        from desq.deployment import Deployment
+        from desq.pipeline.night import plan_night
+
+        deployment = Deployment(self.settings)
+        cpu, started = time.process_time(), time.monotonic()
+        plan = plan_night(deployment, FIRST_TODAY)
+        seconds = time.monotonic() - started
+        spooled = deployment.spool.count(plan.night)
+        deployment.spool.clear(plan.night)
+        return {"rows": spooled, "tasks": len(plan.work), "seconds": round(seconds, 1), "rows_per_s": round(spooled / seconds),
+                "cpu_seconds_of_this_process": round(time.process_time() - cpu, 1), "peak_rss_MiB": max(peak_rss_mib({os.getpid()}).values())}
 
     def night(self, today: date, timeout: float, profile: float) -> dict[str, Any]:
         """One night as beat sends it, timed until finish_night records it."""
@@ -286,6 +300,7 @@ def main() -> None:
     parser.add_argument("--profile", type=float, default=0, help="seconds of py-spy on a packer during the night")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--out", default="", help="also write the JSON here, after each phase")
+    parser.add_argument("--plan-only", action="store_true", help="build, mark, then time the planner alone (no workers)")
     args = parser.parse_args()
     night = ScaleNight(args.pg, args.redis, args.rows, args.originals, args.days)
     figures: dict[str, Any] = {"rows": args.rows, "originals": args.originals, "days": args.days, "shards": 256, "cpus": os.cpu_count(),
@@ -300,14 +315,17 @@ def main() -> None:
     try:
         save("build", night.build())
         save("marker", night.mark())
-        night.start()
-        save("night", night.night(FIRST_TODAY, args.timeout, args.profile))
-        save("containers", night.containers([night.work / "archive" / f"{d:%Y%m%d}" for d in night.day_list]))
-        night.serve()
-        ids = random.Random(2026).sample(range(1, args.rows + 1), min(args.rows, args.readback))
-        save("read_back", night.read_back(ids))
-        if args.s3:
-            save("s3_day", s3_day(night, args.s3, args.s3_readback, args.timeout))
+        if args.plan_only:
+            save("plan", night.plan_only())
+        else:
+            night.start()
+            save("night", night.night(FIRST_TODAY, args.timeout, args.profile))
+            save("containers", night.containers([night.work / "archive" / f"{d:%Y%m%d}" for d in night.day_list]))
+            night.serve()
+            ids = random.Random(2026).sample(range(1, args.rows + 1), min(args.rows, args.readback))
+            save("read_back", night.read_back(ids))
+            if args.s3:
+                save("s3_day", s3_day(night, args.s3, args.s3_readback, args.timeout))
     finally:
         night.close()
     print(json.dumps(figures, indent=2, default=str))
