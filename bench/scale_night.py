@@ -47,6 +47,18 @@ from marker import create_files_table  # noqa: E402
 from night import BIN, FIRST_TODAY, PACKERS, CpuMeter, Night, _procs, _tree  # noqa: E402
 
 LAST_DAY = date(2025, 11, 20)
+_PLAN_CHILD = """
+import json, sys
+from datetime import date
+from desq.deployment import Deployment
+from desq.pipeline.night import plan_night
+from desq.settings import load_settings
+deployment = Deployment(load_settings())
+plan = plan_night(deployment, date.fromisoformat(sys.argv[1]))
+rows = deployment.spool.count(plan.night)
+deployment.spool.clear(plan.night)
+print(json.dumps({"rows": rows, "tasks": len(plan.work)}))
+"""
 PORT = 18_280
 
 
@@ -111,32 +123,40 @@ class ScaleNight(Night):
         return {"originals_seconds": round(originals_s, 1), "build_seconds": round(time.monotonic() - started, 1)}
 
     def mark(self) -> dict[str, Any]:
-        """``desq mark`` in its own process: rows/s, its CPU and peak RSS (wait4's rusage of it alone)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DESQ_")} | self.env("marker")
-        started = time.monotonic()
-        proc = subprocess.Popen([str(BIN / "desq"), "mark", "--today", FIRST_TODAY.isoformat()], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.monotonic() - started
-        said = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            raise RuntimeError(f"desq mark exited {proc.returncode}: {said[-2000:]}")
-        return {"rows": self.rows, "seconds": round(seconds, 1), "rows_per_s": round(self.rows / seconds), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-                "peak_rss_MiB": round(usage.ru_maxrss / 1024, 1), "said": said.strip().splitlines()[:1]}
+        """``desq mark`` in its own process: rows/s, its CPU and peak RSS."""
+        said, seconds, cpu, peak = self.measured([str(BIN / "desq"), "mark", "--today", FIRST_TODAY.isoformat()], "marker")
+        return {"rows": self.rows, "seconds": round(seconds, 1), "rows_per_s": round(self.rows / seconds), "cpu_seconds": round(cpu, 1),
+                "peak_rss_MiB": peak, "said": said.strip().splitlines()[:1]}
 
     def plan_only(self) -> dict[str, Any]:
-        """The planner alone, in this process: what ``desq.nightly`` does before its fan-out."""
-        from desq.deployment import Deployment
-        from desq.pipeline.night import plan_night
+        """The planner alone, in its own process: what ``desq.nightly`` does before its fan-out."""
+        said, seconds, cpu, peak = self.measured([sys.executable, "-c", _PLAN_CHILD, FIRST_TODAY.isoformat()], "planner")
+        planned = json.loads(said.strip().splitlines()[-1])
+        return planned | {"seconds": round(seconds, 1), "rows_per_s": round(planned["rows"] / seconds), "cpu_seconds": round(cpu, 1), "peak_rss_MiB": peak}
 
-        deployment = Deployment(self.settings)
-        cpu, started = time.process_time(), time.monotonic()
-        plan = plan_night(deployment, FIRST_TODAY)
+    def measured(self, command: list[str], app: str) -> tuple[str, float, float, float]:
+        """Run ``command`` with this night's settings: (its output, seconds, CPU seconds, peak RSS in MiB).
+
+        The peak is the child's own VmHWM, read while it runs: wait4's ru_maxrss would also count
+        this (big) process's RSS at the fork, which Linux carries across execve."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DESQ_")} | self.env(app)
+        output = self.work / f"{app}.out"
+        started = time.monotonic()
+        with open(output, "wb") as out:
+            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            peak = 0.0
+            while True:
+                peak = max(peak, peak_rss_mib({proc.pid}).get(proc.pid, 0.0))
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.1)
         seconds = time.monotonic() - started
-        spooled = deployment.spool.count(plan.night)
-        deployment.spool.clear(plan.night)
-        return {"rows": spooled, "tasks": len(plan.work), "seconds": round(seconds, 1), "rows_per_s": round(spooled / seconds),
-                "cpu_seconds_of_this_process": round(time.process_time() - cpu, 1), "peak_rss_MiB": max(peak_rss_mib({os.getpid()}).values())}
+        said = output.read_text(errors="replace")
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"{command[:2]} exited {proc.returncode}: {said[-2000:]}")
+        return said, seconds, usage.ru_utime + usage.ru_stime, peak
 
     def night(self, today: date, timeout: float, profile: float) -> dict[str, Any]:
         """One night as beat sends it, timed until finish_night records it."""
