@@ -116,7 +116,7 @@ class SpoolWriter:
 
     def flush(self) -> None:
         """Write the rows added since the last flush, in one transaction (PostgreSQL: one COPY,
-        ~10x the rows/s of a multi-row INSERT through SQLAlchemy)."""
+        3-4x the rows/s of a multi-row INSERT through SQLAlchemy)."""
         if not self._batch:
             return
         with self.spool.engine.begin() as conn:
