@@ -18,6 +18,8 @@ PUBLISHED = "_desq/cutoff.json"
 """Where the cutoff is published under the archive url."""
 NIGHT = "_desq/night.json"
 """The last night's summary, published under the archive url."""
+UNREPORTED = "unreported"
+"""A night summary's status of a pack_shard task that left no report (``by_status``)."""
 
 
 @dataclass

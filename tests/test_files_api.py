@@ -231,7 +231,7 @@ def test_the_day_of_a_created_at_in_a_url_and_the_archive_metrics(tmp_path: Path
     target = datetime.now(layout.zone).date() - timedelta(days=8)
     report = AdvanceReport(before=None, after=date(2025, 11, 20), target=target, blocked_day=date(2025, 11, 21), missing=3)
     publish(storage, date(2025, 11, 20), report)
-    storage.put("_desq/night.json", json.dumps({"today": "2025-11-28", "rewritten": 2, "files": 40, "unplaced": 1}).encode())
+    storage.put("_desq/night.json", json.dumps({"today": "2025-11-28", "rewritten": 2, "files": 40, "unplaced": 1, "failed_rows": 3, "by_status": {"packed": 5, "failed": 1, "unreported": 2}}).encode())
     client = create_app(load_settings(env=env)).test_client()
     assert client.get("/files/7?created_at=2025-11-20T22:59:59.999999Z").data == b"created 2025-11-20"  # 23:59:59.999999 in Warsaw
     assert client.get("/files/7?created_at=2025-11-20T23:00:00Z").json["error"] == "not_archived"  # midnight in Warsaw: the 21st
@@ -245,6 +245,7 @@ def test_the_day_of_a_created_at_in_a_url_and_the_archive_metrics(tmp_path: Path
     assert f"desq_cutoff_lag_days {float((target - date(2025, 11, 20)).days)}" in metrics
     assert "desq_cutoff_blocked 1.0" in metrics and "desq_night_rewritten_containers 2.0" in metrics
     assert "desq_night_unplaced_rows 1.0" in metrics and "desq_night_files 40.0" in metrics
+    assert "desq_night_failed_rows 3.0" in metrics and "desq_night_failed_tasks 3.0" in metrics
 
 
 def test_one_s3_client_per_app_presigns_every_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from desq.errors import DesqError
 from desq.files import FileService
+from desq.published import UNREPORTED
 from desq.days import target_day
 
 REQUESTS = Counter("desq_http_requests_total", "HTTP requests answered", ["endpoint", "status"])
@@ -76,13 +77,17 @@ class ArchiveCollector:
             yield blocked
         night = state.night
         if night:
-            for key, name, text in (
-                ("rewritten", "desq_night_rewritten_containers", "Containers the last night replaced"),
-                ("files", "desq_night_files", "Files the last night packed"),
-                ("unplaced", "desq_night_unplaced_rows", "Rows the last night could not place on a day (created_at NULL or not a time)"),
+            by_status = night.get("by_status") if isinstance(night.get("by_status"), dict) else {}
+            failed_tasks = sum(float(by_status.get(s) or 0) for s in ("failed", UNREPORTED))
+            for value, name, text in (
+                (night.get("rewritten"), "desq_night_rewritten_containers", "Containers the last night replaced"),
+                (night.get("files"), "desq_night_files", "Files the last night packed"),
+                (night.get("unplaced"), "desq_night_unplaced_rows", "Rows the last night could not place on a day (created_at NULL or not a time)"),
+                (night.get("failed_rows"), "desq_night_failed_rows", "Rows the last night could not pack (their originals unreadable); the next night tries them again"),
+                (failed_tasks, "desq_night_failed_tasks", "pack_shard tasks of the last night that failed or left no report"),
             ):
                 gauge = GaugeMetricFamily(name, text)
-                gauge.add_metric([], float(night.get(key) or 0))
+                gauge.add_metric([], float(value or 0))
                 yield gauge
 
 

@@ -19,7 +19,7 @@ from desq.deployment import Deployment
 from desq.leftovers import SAFE_AGE, remove_big_files, safe_age
 from desq.pipeline.lease import Leases
 from desq.pipeline.pack import STAGING, PackReport
-from desq.published import publish_night
+from desq.published import UNREPORTED, publish_night
 from desq.settings import Settings
 from desq.source.marker import MarkReport
 from desq.source.plan import Plan
@@ -43,9 +43,6 @@ def plan_notes(plan: Plan, marked: MarkReport | None = None) -> dict[str, Any]:
     if marked is not None:
         notes |= {"unplaced": marked.unplaced, "future": marked.future_created_at, "examples": marked.examples[: 10 - len(plan.problems[:5])] + plan.problems[:5]}
     return notes
-
-
-UNREPORTED = "unreported"
 
 
 def gather_reports(kept: dict[tuple[str, str], dict[str, Any]], results: list[dict[str, Any]], tasks: int | None) -> list[dict[str, Any]]:
