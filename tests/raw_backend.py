@@ -56,7 +56,10 @@ class RawBackend:
                 out = self.reply(head)
                 if out is None:
                     return
-                conn.sendall(out)
+                try:
+                    conn.sendall(out)
+                except (BrokenPipeError, ConnectionResetError):  # the client hung up mid-answer (a stream abandoned early)
+                    return
                 answered += 1
                 if self.close_after is not None and answered >= self.close_after:
                     return
