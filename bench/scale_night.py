@@ -100,7 +100,9 @@ class ScaleNight(Night):
         return self.day_list[i % self.days]
 
     def name_of(self, i: int) -> str:
-        return f"{self.day_of(i):%Y%m%d}_{i}"
+        from desq.layout import build_name
+
+        return build_name(self.day_of(i), i)
 
     def build(self) -> dict[str, float]:
         import sqlalchemy as sa
@@ -185,7 +187,7 @@ class ScaleNight(Night):
             "seconds": round(seconds, 1), "files": summary["files"], "failed_rows": summary["failed_rows"], "by_status": summary["by_status"],
             "plan_and_fanout_seconds": round(fanout - started, 1), "last_pack_after": round(last - started, 1),
             "packing_files_per_s": round(summary["files"] / max(1e-9, last - fanout)), "night_files_per_s": round(summary["files"] / seconds),
-            "cpu_seconds": {k: round(v * 1, 1) for k, v in cpu["cpu"].items()},
+            "cpu_seconds": {k: round(v, 1) for k, v in cpu["cpu"].items()},
             "core_seconds_per_million_files": {k: round(v * 1e6 / max(1, summary["files"]), 1) for k, v in cpu["cpu"].items()},
             "peak_rss_MiB": rss, "messages": seen, "nightly_result": meta.get("result"), "profile": spied,
         }
@@ -247,7 +249,8 @@ class ScaleNight(Night):
                 if conn.getresponse().status == 200:
                     return web
             except OSError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
         raise RuntimeError(f"the files API did not get ready\n{self.tail()}")
 
     def read_back(self, ids: list[int], threads: int = 8) -> dict[str, Any]:
