@@ -103,8 +103,38 @@ def _check_archive_url(value: str) -> None:
     elif scheme == "file":
         if not value.startswith("file:///"):
             raise ValueError("a file URL must be absolute: file:///abs/path")
+    elif scheme == "ec":
+        ec_code(value)
     elif scheme:
-        raise ValueError(f"scheme {scheme!r} is not supported: use a path, file:///abs/path or s3://bucket/prefix")
+        raise ValueError(f"scheme {scheme!r} is not supported: use a path, file:///abs/path, s3://bucket/prefix or ec://K+M")
+
+
+EC_URL = re.compile(r"ec://([0-9]{1,3})\+([0-9]{1,3})")
+
+
+def ec_code(url: str) -> tuple[int, int]:
+    """(K, M) of an ``ec://K+M`` archive url; ValueError if it is malformed."""
+    match = EC_URL.fullmatch(url)
+    if not match:
+        raise ValueError(f"{url!r} is not ec://K+M (e.g. ec://4+2)")
+    k, m = int(match.group(1)), int(match.group(2))
+    if not (1 <= k and 1 <= m and k + m <= 64):
+        raise ValueError(f"{url!r}: need K >= 1, M >= 1 and K + M <= 64")
+    return k, m
+
+
+def _check_nodes(value: tuple[str, ...]) -> None:
+    for node in value:
+        url, _, query = node.partition("?")
+        if url.startswith("ec://"):
+            raise ValueError(f"node {node!r}: a node is a folder or an s3:// location, not another ec:// archive")
+        _check_archive_url(url)
+        if query:
+            if not url.startswith("s3://") or not query.startswith("endpoint="):
+                raise ValueError(f"node {node!r}: only s3:// nodes take a query, and only ?endpoint=http(s)://host:port")
+            _check_http_url(query.removeprefix("endpoint="))
+    if len(set(value)) != len(value):
+        raise ValueError("lists a node twice")
 
 
 def _check_http_url(value: str) -> None:
@@ -208,8 +238,9 @@ class SourceSettings:
 class ArchiveSettings:
     """Where containers are stored and when files go into them."""
 
-    url: str = opt("desq-data/archive", "a local folder (path or file:///abs/path) or s3://bucket/prefix", check=_check_archive_url)
+    url: str = opt("desq-data/archive", "a local folder (path or file:///abs/path), s3://bucket/prefix, or ec://K+M over archive.nodes", check=_check_archive_url)
     s3_endpoint_url: str = opt("", "S3 endpoint for Ceph RGW, MinIO or a test server; empty for AWS", check=_check_optional_http_url)
+    nodes: tuple[str, ...] = opt((), "ec://K+M: exactly K+M node locations, folders or s3://bucket/prefix[?endpoint=http://host:port]", check=_check_nodes)
     after_days: int = opt(7, "a file is archived once it is this many days old", min=0, max=36500)
     delete_originals: bool = opt(False, "delete originals, only ever after the container is verified")
     big_file_bytes: int = opt(64 * 1024 * 1024, "files this large or larger are stored beside the container", min=1, max=5 * 1024**4)
@@ -515,6 +546,13 @@ def _cross_check(settings: Settings, origin: Callable[[str], str]) -> None:
         layout.check_queue_count(settings.queue_count, settings.shard_bits)
     except layout.LayoutError as exc:
         raise SettingsError(f"{origin('queue_count')}: {exc}") from None
+    archive = settings.archive
+    if archive.url.startswith("ec://"):
+        k, m = ec_code(archive.url)
+        if len(archive.nodes) != k + m:
+            raise SettingsError(f"{origin('archive.nodes')}: {archive.url} needs exactly {k + m} nodes, {len(archive.nodes)} given")
+    elif archive.nodes:
+        raise SettingsError(f"{origin('archive.nodes')}: nodes are for an erasure-coded archive; archive.url is {archive.url!r}, not ec://K+M")
     broker = settings.broker
     if broker.url and not broker.result_backend and not broker.url.startswith(("redis://", "rediss://")):
         raise SettingsError(f"{origin('broker.result_backend')}: must be set when broker.url is not Redis")

@@ -20,6 +20,9 @@ BAD_KEYS = ["", "/abs/x.des", "a/../b", "a//b", "./a", "a/.", "a\\b", "a\x00b", 
 class StorageConformance:
     """The behaviour every Storage promises."""
 
+    held_bytes = 6 * MiB
+    """Bytes after which an upload in progress is held by the server (more than one S3 part)."""
+
     def test_put_read_head(self, storage: Storage) -> None:
         info = storage.put("20251120/FE.des", b"0123456789")
         assert (info.key, info.size) == ("20251120/FE.des", 10) and info.etag
@@ -154,7 +157,7 @@ class StorageConformance:
     def test_folders_hold_committed_objects_only(self, storage: Storage) -> None:
         storage.put("20251120/FE.des", b"x")
         upload = storage.open_upload("20251121/00.des")
-        upload.write(os.urandom(6 * MiB))  # more than one S3 part: the server holds it now
+        upload.write(os.urandom(self.held_bytes))
         assert list(storage.folders()) == ["20251120"]  # an upload in progress is no object yet
         upload.commit()
         assert list(storage.folders()) == ["20251120", "20251121"]
@@ -185,7 +188,7 @@ class StorageConformance:
     def test_abandoned_uploads_are_aborted(self, storage: Storage) -> None:
         # That recent uploads are spared is tested per backend: moto dates every upload 2010.
         upload = storage.open_upload("k")
-        upload.write(os.urandom(6 * MiB))  # more than one S3 part: the server holds it now
+        upload.write(os.urandom(self.held_bytes))
         assert storage.abort_stale_uploads(0) == 1
         assert list(storage.list()) == []
         upload.abort()

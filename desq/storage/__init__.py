@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -31,8 +32,18 @@ __all__ = [
 ]
 
 
-def open_storage(url: str, *, s3_endpoint_url: str = "", **s3_options: Any) -> Storage:
-    """The backend for an archive url: ``s3://bucket/prefix``, ``file:///abs/path`` or a plain path."""
+def open_storage(url: str, *, s3_endpoint_url: str = "", nodes: Sequence[str] = (), **s3_options: Any) -> Storage:
+    """The backend for an archive url: ``s3://bucket/prefix``, ``file:///abs/path``, a plain path,
+    or ``ec://K+M`` over ``nodes`` (each of the others, an s3:// one with ``?endpoint=URL`` allowed)."""
+    if url.startswith("ec://"):
+        from desq.settings import ec_code
+        from desq.storage.ec import ECStorage
+
+        try:
+            k, m = ec_code(url)
+        except ValueError as exc:
+            raise StorageError(str(exc)) from None
+        return ECStorage([_node(node, s3_endpoint_url, s3_options) for node in nodes], k, m)
     if url.startswith("s3://"):
         from desq.storage.s3 import S3Storage
 
@@ -44,6 +55,15 @@ def open_storage(url: str, *, s3_endpoint_url: str = "", **s3_options: Any) -> S
     return LocalStorage(url)
 
 
+def _node(spec: str, s3_endpoint_url: str, s3_options: dict[str, Any]) -> Storage:
+    url, _, query = spec.partition("?")
+    endpoint = query.removeprefix("endpoint=") if query else s3_endpoint_url
+    if url.startswith("ec://"):
+        raise StorageError(f"node {spec!r}: a node cannot be another erasure-coded archive")
+    return open_storage(url, s3_endpoint_url=endpoint, **(s3_options if url.startswith("s3://") else {}))
+
+
 def storage_for(settings: Settings, **s3_options: Any) -> Storage:
     """The archive storage the settings name."""
-    return open_storage(settings.archive.url, s3_endpoint_url=settings.archive.s3_endpoint_url, **s3_options)
+    archive = settings.archive
+    return open_storage(archive.url, s3_endpoint_url=archive.s3_endpoint_url, nodes=archive.nodes, **s3_options)

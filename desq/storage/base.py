@@ -187,6 +187,10 @@ class Storage(ABC):
         without their ``/``. Objects at the top level are no folders."""
         yield from sorted({folder for info in self.list(prefix) if (folder := top_folder(info.key)) is not None})
 
+    def probe(self) -> None:
+        """Raise StorageError unless the storage is there and answers (one cheap request)."""
+        next(iter(self.list("_desq/probe-")), None)
+
     @abstractmethod
     def uploads(self) -> Iterator[PendingUpload]:
         """Every upload started and not yet committed or aborted."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISLNK
 
 from desq.fileio import pread_exactly
-from desq.storage.base import InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, Upload, check_key
+from desq.storage.base import InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload, check_key
 
 TEMP_PREFIX = ".desq-upload-"
 """Uploads in progress are hidden files beside their target; list() never shows them."""
@@ -269,6 +269,11 @@ class LocalStorage(Storage):
             return self.path(key).stat()
         except (FileNotFoundError, InvalidKey):
             return None
+
+    def probe(self) -> None:
+        """A folder that is gone (a disk unmounted, a node removed) is a storage that is not there."""
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"{self.url} is not a folder (gone or not mounted)", reason="the folder is gone")
 
     def uploads(self) -> Iterator[PendingUpload]:
         if not self.root.is_dir():

@@ -1,0 +1,519 @@
+"""The erasure-coded backend: every object as K data and M parity fragments on K+M node backends.
+
+Layout, footer and names are ``desq.storage.ec_format``'s; the code is ``desq.storage.ec_codec``'s.
+A read pinned to an ETag goes straight to the data fragment that holds its bytes (one request to
+one node); a fragment that is missing, damaged or on a node that does not answer makes the read
+degraded: the same byte range from any K other fragments, decoded. Nodes are asked in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from crc32c import crc32c
+
+from desq.storage.base import (
+    InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload,
+    check_key,
+)
+from desq.storage.ec_codec import Codec
+from desq.storage.ec_format import (
+    Footer, FragmentError, Geometry, Segment, Version, fragment_key, new_version, open_blocks, parse_fragment_key, parse_marker_key,
+    seal_block, version_time,
+)
+
+T = TypeVar("T")
+
+DOWN_SECONDS = 10.0
+"""A node that did not answer is skipped by reads (they go degraded at once) for this long."""
+
+
+class Events:
+    """Counters of what reads met (a web app turns them into metrics)."""
+
+    def __init__(self, on_event: Callable[[str, str], None] | None = None) -> None:
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, event: str, detail: str = "") -> None:
+        with self._lock:
+            self.counts[event, detail] = self.counts.get((event, detail), 0) + 1
+        if self._on_event is not None:
+            self._on_event(event, detail)
+
+    def total(self, event: str) -> int:
+        with self._lock:
+            return sum(n for (name, _), n in self.counts.items() if name == event)
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, NotFound):
+        return "missing"
+    if isinstance(exc, (FragmentError, RangeError)):
+        return "damaged"
+    return "unreachable"
+
+
+class ECStorage(Storage):
+    """Objects erasure-coded over ``nodes`` (exactly K+M backends, fragment ``i`` on node ``i``)."""
+
+    def __init__(self, nodes: list[Storage], k: int, m: int, *, cell: int = 1 << 20, block: int = 16 << 10,
+                 on_event: Callable[[str, str], None] | None = None) -> None:
+        self.geometry = Geometry(k, m, cell, block)
+        if len(nodes) != k + m:
+            raise StorageError(f"ec://{k}+{m} needs {k + m} nodes, got {len(nodes)}")
+        self.nodes = nodes
+        self.k, self.m = k, m
+        self.url = f"ec://{k}+{m}"
+        self.codec = Codec(k, m)
+        self.events = Events(on_event)
+        self._pool = ThreadPoolExecutor(max_workers=4 * (k + m), thread_name_prefix="desq-ec-node")
+        """Requests to nodes; nothing run here waits on this pool again."""
+        self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="desq-ec-read")
+        """The segments of one read that spans cells (each may use the node pool)."""
+        self._down_until = [0.0] * (k + m)
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    def _each(self, fn: Callable[[int], T], indices: Iterable[int]) -> dict[int, T | BaseException]:
+        """``fn(i)`` for every node index, in parallel: its result, or the exception it raised."""
+        order = list(indices)
+
+        def run(i: int) -> T | BaseException:
+            try:
+                return fn(i)
+            except Exception as exc:  # noqa: BLE001 - each node's failure is an answer of its own
+                return exc
+
+        if len(order) == 1:
+            return {order[0]: run(order[0])}
+        return dict(zip(order, self._pool.map(run, order)))
+
+    def _note_down(self, i: int, exc: BaseException) -> None:
+        if _kind(exc) == "unreachable":
+            self._down_until[i] = time.monotonic() + DOWN_SECONDS
+
+    def _up(self, i: int) -> bool:
+        return self._down_until[i] <= time.monotonic()
+
+    def node_states(self) -> list[tuple[str, str | None]]:
+        """Each node's url and why it does not answer (None when it does): one request each."""
+        answers = self._each(lambda i: self.nodes[i].probe(), range(len(self.nodes)))
+        return [(self.nodes[i].url, None if not isinstance(a, BaseException) else str(a)) for i, a in answers.items()]
+
+    # --- versions ---------------------------------------------------------------------------
+
+    def _listing(self, prefix: str) -> tuple[dict[int, list[str]], dict[int, BaseException]]:
+        """Every node's keys under ``prefix``, and the nodes that did not answer."""
+        answers = self._each(lambda i: [info.key for info in self.nodes[i].list(prefix)], range(len(self.nodes)))
+        keys = {i: a for i, a in answers.items() if not isinstance(a, BaseException)}
+        failed = {i: a for i, a in answers.items() if isinstance(a, BaseException)}
+        for i, exc in failed.items():
+            self._note_down(i, exc)
+        return keys, failed
+
+    def _unlisted(self, what: str, failed: dict[int, BaseException]) -> StorageUnavailable:
+        reasons = "; ".join(f"node {i} ({self.nodes[i].url}): {getattr(exc, 'reason', exc)}" for i, exc in sorted(failed.items()))
+        return StorageUnavailable(f"{what}: more than M={self.m} nodes do not answer ({reasons})", reason=f"{len(failed)} of {len(self.nodes)} nodes do not answer")
+
+    def _current(self, key: str) -> Version:
+        """The version readers see now (one listing on each node); NotFound if there is none."""
+        check_key(key)
+        keys, failed = self._listing(f"{key}~")
+        found = [v for node_keys in keys.values() for k in node_keys if (p := parse_marker_key(k)) and p[0] == key for v in [p[1]]]
+        if len(failed) > self.m:  # fewer than K answer: nothing could be read, whatever they hold
+            raise self._unlisted(f"looking up {key!r} in {self.url}", failed)
+        if not found:
+            raise NotFound(f"no object {key!r} in {self.url}")
+        return max(found)
+
+    def _pinned(self, key: str, if_match: str | None) -> Version:
+        check_key(key)
+        if if_match is None:
+            return self._current(key)
+        version = Version.from_etag(if_match)
+        if version is None:
+            raise StaleObject(f"{key!r} changed since it was opened (its version {if_match!r} is not one of {self.url})")
+        return version
+
+    def _info(self, key: str, version: Version) -> ObjectInfo:
+        return ObjectInfo(key=key, size=version.length, etag=version.etag, modified=datetime.fromtimestamp(version.started, timezone.utc))
+
+    def _geometry(self, version: Version) -> Geometry:
+        try:
+            return Geometry(self.k, self.m, version.cell, version.block)
+        except ValueError as exc:
+            raise StorageError(f"version {version.etag}: {exc}") from None
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def fragment_range(self, i: int, key: str, version: Version, at: int, size: int) -> bytes:
+        """Bytes [at, at + size) of fragment ``i``, every block checked (one request to node ``i``)."""
+        geometry = self._geometry(version)
+        span = geometry.blocks(geometry.fragment_length(version.length), at, size)
+        stored = self.nodes[i].read(fragment_key(key, version.id), span.start, span.stored)
+        return open_blocks(stored, span, geometry.block, version.id, i)
+
+    def _segment(self, key: str, version: Version, segment: Segment) -> bytes:
+        i = segment.index
+        if self._up(i):
+            try:
+                return self.fragment_range(i, key, version, segment.at, segment.size)
+            except (StorageError, FragmentError) as exc:
+                if isinstance(exc, (StaleObject, InvalidKey)):
+                    raise
+                self._note_down(i, exc)
+                self.events("fragment_error", _kind(exc))
+                failed: dict[int, BaseException] = {i: exc}
+        else:
+            failed = {i: StorageUnavailable(f"node {i} did not answer lately")}
+        return self._degraded(key, version, segment, failed)
+
+    def _degraded(self, key: str, version: Version, segment: Segment, failed: dict[int, BaseException]) -> bytes:
+        """The segment from any K other fragments' same range, decoded."""
+        rest = [i for i in range(len(self.nodes)) if i not in failed]
+        candidates = [i for i in rest if self._up(i)] + [i for i in rest if not self._up(i)]
+        have: dict[int, bytes] = {}
+        while len(have) < self.k and candidates:
+            batch, candidates = candidates[: self.k - len(have)], candidates[self.k - len(have) :]
+            for i, got in self._each(lambda i: self.fragment_range(i, key, version, segment.at, segment.size), batch).items():
+                if isinstance(got, BaseException):
+                    if isinstance(got, (StaleObject, InvalidKey)):
+                        raise got
+                    self._note_down(i, got)
+                    self.events("fragment_error", _kind(got))
+                    failed[i] = got
+                else:
+                    have[i] = got
+        if len(have) < self.k:
+            raise self._unreadable(key, version, failed)
+        self.events("degraded_read")
+        return self.codec.data(have)[segment.index]
+
+    def _unreadable(self, key: str, version: Version, failed: dict[int, BaseException]) -> StorageError:
+        if all(isinstance(exc, NotFound) for exc in failed.values()):
+            try:
+                now = self._current(key)
+            except NotFound:
+                return NotFound(f"no object {key!r} in {self.url} (it was deleted since it was opened)")
+            except StorageError:
+                now = version
+            if now != version:
+                return StaleObject(f"{key!r} changed since it was opened")
+        reasons = "; ".join(f"fragment {i}: {getattr(exc, 'reason', exc)}" for i, exc in sorted(failed.items()))
+        return StorageUnavailable(
+            f"reading {key!r} from {self.url}: {len(failed)} of {len(self.nodes)} fragments unreadable, {self.k} needed ({reasons})",
+            reason=f"only {len(self.nodes) - len(failed)} of {len(self.nodes)} fragments readable, {self.k} needed",
+        )
+
+    def read(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range offset={offset} length={length}")
+        version = self._pinned(key, if_match)
+        if offset + length > version.length:
+            raise RangeError(f"range {offset}+{length} runs past the end of {key!r} ({version.length} bytes)")
+        if length == 0:
+            return b""
+        segments = self._geometry(version).segments(version.length, offset, length)
+        if len(segments) == 1:
+            return self._segment(key, version, segments[0])
+        return b"".join(self._reads.map(lambda s: self._segment(key, version, s), segments))
+
+    def read_suffix(self, key: str, length: int, *, if_match: str | None = None) -> tuple[bytes, ObjectInfo]:
+        version = self._pinned(key, if_match)
+        start = max(0, version.length - max(0, length))
+        return self.read(key, start, version.length - start, if_match=version.etag), self._info(key, version)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._info(key, self._current(key))
+
+    def footer(self, i: int, key: str, version: Version) -> Footer:
+        """Fragment ``i``'s footer, checked against the version it should belong to."""
+        data, info = self.nodes[i].read_suffix(fragment_key(key, version.id), 4096)
+        geometry = self._geometry(version)
+        if info.size != geometry.stored_size(version.length):
+            raise FragmentError(f"{info.size} bytes stored, {geometry.stored_size(version.length)} expected")
+        footer = Footer.parse(data[-128:])
+        if (footer.version, footer.index, footer.length, footer.k, footer.m) != (version.id, i, version.length, self.k, self.m):
+            raise FragmentError(f"its footer names fragment {footer.index} of another object or version")
+        return footer
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def open_upload(self, key: str, *, content_type: str | None = None, staged: bool = False) -> Upload:
+        check_key(key)
+        return _ECUpload(self, key, staged)
+
+    def _mark(self, key: str, version: Version, on: Iterable[int]) -> list[int]:
+        """Store the commit marker on nodes ``on``; the nodes that took it."""
+        done = self._each(lambda i: self.nodes[i].put(version.marker(key), b""), on)
+        return [i for i, got in done.items() if not isinstance(got, BaseException)]
+
+    def _drop_others(self, key: str, keep: Version, *, newer_too: bool = False) -> None:
+        """Delete the fragments and markers of the other versions of ``key`` (best effort:
+        ``recover`` clears what a node did not answer for). Markers go first."""
+        keys, _ = self._listing(f"{key}~")
+        doomed: dict[int, list[str]] = {}
+        for i, node_keys in keys.items():
+            for node_key in node_keys:
+                marker, fragment = parse_marker_key(node_key), parse_fragment_key(node_key)
+                if marker and marker[0] == key and marker[1].id != keep.id and (newer_too or marker[1].id < keep.id):
+                    doomed.setdefault(i, []).insert(0, node_key)
+                elif fragment and fragment[0] == key and fragment[1] != keep.id and (newer_too or fragment[1] < keep.id):
+                    doomed.setdefault(i, []).append(node_key)
+        self._each(lambda i: [self.nodes[i].delete(k) for k in doomed[i]], doomed)
+
+    def publish(self, staging: str, key: str) -> ObjectInfo:
+        """Rename each fragment of the staged version; mark it under ``key`` once K+1 are there."""
+        version = self._current(staging)
+        check_key(fragment_key(key, version.id))
+        moved = self._each(lambda i: self.nodes[i].publish(fragment_key(staging, version.id), fragment_key(key, version.id)), range(len(self.nodes)))
+        there = [i for i, got in moved.items() if not isinstance(got, BaseException)]
+        if len(there) < self.k + 1:
+            self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
+            reasons = "; ".join(f"node {i}: {getattr(exc, 'reason', exc)}" for i, exc in moved.items() if isinstance(exc, BaseException))
+            raise StorageError(f"publishing {staging!r} as {key!r}: only {len(there)} fragments moved, {self.k + 1} needed ({reasons})")
+        marked = self._mark(key, version, range(len(self.nodes)))
+        if len(marked) < self.k + 1:
+            self._each(lambda i: self.nodes[i].delete(version.marker(key)), marked)
+            self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
+            raise StorageError(f"publishing {staging!r} as {key!r}: only {len(marked)} nodes took the commit marker, {self.k + 1} needed")
+        self._drop_others(key, version)
+        self._each(lambda i: self.nodes[i].delete(version.marker(staging)), range(len(self.nodes)))
+        return self._info(key, version)
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        keys, failed = self._listing(f"{key}~")
+        mine = {i: sorted((k for k in node_keys if (p := parse_marker_key(k) or parse_fragment_key(k)) and p[0] == key), key=lambda k: parse_marker_key(k) is None)
+                for i, node_keys in keys.items()}
+        gone = self._each(lambda i: [self.nodes[i].delete(k) for k in mine[i]], [i for i in mine if mine[i]])
+        failed.update({i: exc for i, exc in gone.items() if isinstance(exc, BaseException)})
+        if failed:
+            raise StorageUnavailable(f"deleting {key!r}: some nodes did not answer; their fragments stay until `desq recover`",
+                                     reason="some nodes did not answer")
+
+    # --- listing ----------------------------------------------------------------------------
+
+    def _versions(self, prefix: str) -> tuple[dict[str, dict[Version, set[int]]], dict[str, dict[bytes, set[int]]]]:
+        """Under ``prefix``: each object's marked versions and each version's fragments, with the
+        nodes that hold them (StorageUnavailable if more than M nodes do not answer)."""
+        keys, failed = self._listing(prefix)
+        if len(failed) > self.m:
+            raise self._unlisted(f"listing {self.url}/{prefix}", failed)
+        marked: dict[str, dict[Version, set[int]]] = {}
+        fragments: dict[str, dict[bytes, set[int]]] = {}
+        for i, node_keys in keys.items():
+            for node_key in node_keys:
+                if (marker := parse_marker_key(node_key)) is not None:
+                    if marker[0].startswith(prefix):
+                        marked.setdefault(marker[0], {}).setdefault(marker[1], set()).add(i)
+                elif (fragment := parse_fragment_key(node_key)) is not None and fragment[0].startswith(prefix):
+                    fragments.setdefault(fragment[0], {}).setdefault(fragment[1], set()).add(i)
+        return marked, fragments
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        marked, _ = self._versions(prefix)
+        for key in sorted(marked):
+            yield self._info(key, max(marked[key]))
+
+    def folders(self, prefix: str = "") -> Iterator[str]:
+        """The folders any answering node has under ``prefix`` (a folder whose only objects are a
+        killed write's fragments counts until ``recover`` clears them)."""
+        answers = self._each(lambda i: list(self.nodes[i].folders(prefix)), range(len(self.nodes)))
+        failed = {i: a for i, a in answers.items() if isinstance(a, BaseException)}
+        if len(failed) > self.m:
+            raise self._unlisted(f"listing the folders of {self.url}/{prefix}", failed)
+        yield from sorted({f for a in answers.values() if not isinstance(a, BaseException) for f in a})
+
+    def leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        """What no reader uses: killed writes' fragments (never marked) and superseded versions
+        (older than the current one: a replace that died before deleting them)."""
+        marked, fragments = self._versions(prefix)
+        for key in sorted(set(marked) | set(fragments)):
+            versions = marked.get(key, {})
+            current = max(versions).id if versions else None
+            for version, nodes in sorted(versions.items()):
+                if version.id != current:
+                    yield Leftover(key, version.id, sorted(nodes), superseded=True, marker=version)
+            for vid, nodes in sorted(fragments.get(key, {}).items()):
+                if vid != current:
+                    yield Leftover(key, vid, sorted(nodes), superseded=current is not None and vid < current)
+
+    def uploads(self) -> Iterator[PendingUpload]:
+        for node in self.nodes:
+            for pending in node.uploads():
+                parsed = parse_fragment_key(pending.key) or parse_marker_key(pending.key)
+                if parsed is not None:
+                    yield PendingUpload(key=parsed[0], started=pending.started, size=pending.size)
+        for left in self.leftovers():
+            if not left.superseded:
+                yield PendingUpload(key=left.key, started=datetime.fromtimestamp(version_time(left.version), timezone.utc))
+
+    def abort_stale_uploads(self, older_than_seconds: float) -> int:
+        """Abort the nodes' abandoned uploads, delete killed writes' fragments older than this
+        and every superseded version's."""
+        cutoff = time.time() - older_than_seconds
+        stale = {parsed for node in self.nodes for pending in node.uploads()
+                 if pending.started is None or pending.started.timestamp() < cutoff
+                 if (parsed := parse_fragment_key(pending.key) or parse_marker_key(pending.key)) is not None}
+        for node in self.nodes:
+            node.abort_stale_uploads(older_than_seconds)
+        aborted = len(stale)
+        for left in list(self.leftovers()):
+            if left.superseded or version_time(left.version) < cutoff:
+                name = left.marker.marker(left.key) if left.marker else fragment_key(left.key, left.version)
+                self._each(lambda i: self.nodes[i].delete(name), left.nodes)
+                aborted += 0 if left.superseded else 1
+        return aborted
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """Fragments (or a commit marker) of a version no reader uses, and the nodes holding them."""
+
+    key: str
+    version: bytes
+    nodes: list[int]
+    superseded: bool
+    marker: Version | None = None
+    """Set when this is an old version's commit marker, not fragments."""
+
+
+class _ECUpload(Upload):
+    """Streams stripes to one upload per node; commits once K+1 fragments are stored, then marks."""
+
+    def __init__(self, ec: ECStorage, key: str, staged: bool) -> None:
+        self._ec = ec
+        self._key = key
+        self._staged = staged
+        self._version = new_version()
+        name = check_key(fragment_key(key, self._version))
+        check_key(Version(self._version, 0, ec.geometry.cell, ec.geometry.block).marker(key))
+        self._uploads: dict[int, Upload] = {}
+        self._failed: dict[int, str] = {}
+        for i, node in enumerate(ec.nodes):
+            try:
+                self._uploads[i] = node.open_upload(name, staged=staged)
+            except StorageError as exc:
+                self._failed[i] = exc.reason
+        self._buffer = bytearray()
+        self._length = 0
+        self._crc = 0
+        self._fragment_crcs = [0] * len(ec.nodes)
+        self._blocks = 0
+        self._done = False
+        self._enough()
+
+    def _what(self) -> str:
+        return f"writing {self._key!r} to {self._ec.url}"
+
+    def _enough(self) -> None:
+        if len(self._uploads) < self._ec.k + 1:
+            reasons = "; ".join(f"node {i}: {why}" for i, why in sorted(self._failed.items()))
+            self.abort()
+            raise StorageError(f"{self._what()}: only {len(self._uploads)} nodes take the write, {self._ec.k + 1} needed ({reasons})")
+
+    def _send(self, pieces: dict[int, bytes]) -> None:
+        uploads = self._uploads
+        for i, got in self._ec._each(lambda i: uploads[i].write(pieces[i]), list(uploads)).items():
+            if isinstance(got, BaseException):
+                self._drop(i, got)
+        self._enough()
+
+    def _drop(self, i: int, exc: BaseException) -> None:
+        self._failed[i] = getattr(exc, "reason", str(exc))
+        upload = self._uploads.pop(i)
+        try:
+            upload.abort()
+        except StorageError:
+            pass
+
+    def _stripe(self, data: bytes, cell: int) -> None:
+        ec = self._ec
+        block = ec.geometry.block
+        cells = [data[j * cell : (j + 1) * cell].ljust(cell, b"\0") for j in range(ec.k)]
+        cells += ec.codec.parity(cells)
+        pieces: dict[int, bytes] = {}
+        for i in self._uploads:
+            stored = bytearray()
+            for n, at in enumerate(range(0, cell, block)):
+                body = cells[i][at : at + block]
+                stored += body
+                stored += seal_block(body, self._version, i, self._blocks + n)
+            pieces[i] = bytes(stored)
+        for i, content in enumerate(cells):
+            self._fragment_crcs[i] = crc32c(content, self._fragment_crcs[i])
+        self._blocks += -(-cell // block)
+        self._send(pieces)
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._done:
+            raise StorageError(f"{self._what()}: the upload is already finished")
+        stripe = self._ec.geometry.stripe
+        self._buffer += data
+        self._length += len(data)
+        self._crc = crc32c(data, self._crc)
+        try:
+            while len(self._buffer) >= stripe:
+                chunk = bytes(self._buffer[:stripe])
+                del self._buffer[:stripe]
+                self._stripe(chunk, self._ec.geometry.cell)
+        except StorageError:
+            self.abort()
+            raise
+        return len(data)
+
+    def commit(self) -> ObjectInfo:
+        if self._done:
+            raise StorageError(f"{self._what()}: the upload is already finished")
+        ec = self._ec
+        geometry = ec.geometry
+        version = Version(self._version, self._length, geometry.cell, geometry.block)
+        try:
+            if self._buffer:
+                self._stripe(bytes(self._buffer), geometry.cell_size(self._length, geometry.stripes(self._length) - 1))
+                self._buffer = bytearray()
+            footers = {i: Footer(ec.k, ec.m, i, geometry.cell, geometry.block, self._length, self._version, self._crc, self._fragment_crcs[i]).pack()
+                       for i in self._uploads}
+            self._send(footers)
+            uploads = self._uploads
+            committed = ec._each(lambda i: uploads[i].commit(), list(uploads))
+            stored = [i for i, got in committed.items() if not isinstance(got, BaseException)]
+            for i, got in committed.items():
+                if isinstance(got, BaseException):
+                    self._failed[i] = getattr(got, "reason", str(got))
+            self._uploads = {}
+            if len(stored) < ec.k + 1:
+                ec._each(lambda i: ec.nodes[i].delete(fragment_key(self._key, self._version)), stored)
+                reasons = "; ".join(f"node {i}: {why}" for i, why in sorted(self._failed.items()))
+                raise StorageError(f"{self._what()}: only {len(stored)} fragments stored, {ec.k + 1} needed ({reasons})")
+            marked = ec._mark(self._key, version, range(len(ec.nodes)))
+            if len(marked) < ec.k + 1:
+                ec._each(lambda i: ec.nodes[i].delete(version.marker(self._key)), marked)
+                ec._each(lambda i: ec.nodes[i].delete(fragment_key(self._key, self._version)), stored)
+                raise StorageError(f"{self._what()}: only {len(marked)} nodes took the commit marker, {ec.k + 1} needed")
+        except StorageError:
+            self.abort()
+            raise
+        self._done = True
+        if not self._staged:
+            ec._drop_others(self._key, version)
+        return ec._info(self._key, version)
+
+    def abort(self) -> None:
+        self._done = True
+        self._buffer = bytearray()
+        uploads, self._uploads = self._uploads, {}
+        for upload in uploads.values():
+            try:
+                upload.abort()
+            except StorageError:
+                pass
