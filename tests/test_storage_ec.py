@@ -45,3 +45,208 @@ class TestECOverS3(StorageConformance):
     @pytest.fixture
     def storage(self, s3_endpoint: str, s3_bucket: str) -> Iterator[Storage]:
         yield ECStorage([S3Storage(f"s3://{s3_bucket}/node{i}", endpoint_url=s3_endpoint, part_size=5 << 20) for i in range(6)], 4, 2)
+
+
+# --- faults: what the code is for -----------------------------------------------------------
+
+from itertools import combinations  # noqa: E402
+
+from desq.storage.base import StaleObject  # noqa: E402
+from desq.storage.counting import CountingStorage  # noqa: E402
+from desq.storage.ec_repair import check, objects, repair  # noqa: E402
+
+SMALL = dict(cell=8192, block=1024)
+
+
+def counted_nodes(root: Path, n: int) -> list[CountingStorage]:
+    return [CountingStorage(node) for node in folders(root, n)]
+
+
+def ec_over(root: Path, **geometry: int) -> ECStorage:
+    return ECStorage(folders(root, 6), 4, 2, **(geometry or SMALL))
+
+
+def blobs(ec: ECStorage) -> dict[str, bytes]:
+    """Objects of awkward sizes: empty, one byte, a cell +- 1, many stripes with a ragged end."""
+    stripe = ec.geometry.stripe
+    sizes = {"empty": 0, "one": 1, "cell-1": ec.geometry.cell - 1, "cell+1": ec.geometry.cell + 1,
+             "stripe": stripe, "many/ragged": 5 * stripe + 4097, "k-1 tail": 3 * stripe + 3}
+    out = {key: os.urandom(size) for key, size in sizes.items()}
+    for key, data in out.items():
+        ec.put(key, data)
+    return out
+
+
+def flip(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def fragment_file(root: Path, i: int, ec: ECStorage, key: str) -> Path:
+    version = Version.from_etag(ec.head(key).etag)
+    assert version is not None
+    return root / f"node{i}" / fragment_key(key, version.id)
+
+
+def read_all(ec: ECStorage, data: dict[str, bytes]) -> None:
+    for key, blob in data.items():
+        assert ec.read(key, 0, len(blob)) == blob, key
+        tail = ec.read_suffix(key, 100)[0]
+        assert tail == blob[-100:], key
+        if len(blob) > 10:
+            assert ec.read(key, len(blob) // 3, len(blob) // 3) == blob[len(blob) // 3 : 2 * (len(blob) // 3)], key
+
+
+def test_a_warm_read_inside_one_cell_is_one_request_to_one_node(tmp_path: Path) -> None:
+    nodes = counted_nodes(tmp_path, 6)
+    ec = ECStorage(list(nodes), 4, 2)
+    blob = os.urandom(3 * MiB)
+    etag = ec.put("c.des", blob).etag
+    for node in nodes:
+        node.requests.clear()
+    assert ec.read("c.des", 1_500_000, 4000, if_match=etag) == blob[1_500_000:1_504_000]
+    asked = [(i, r) for i, node in enumerate(nodes) for r in node.requests]
+    assert asked == [(1, f"read c.des~{Version.from_etag(etag).id.hex()}")]  # byte 1.5M is in cell 1 of stripe 0
+    assert ec.events.total("degraded_read") == 0
+
+
+def test_any_m_folders_removed_every_byte_still_reads(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    data = blobs(ec)
+    for gone in combinations(range(6), 2):
+        for i in gone:
+            shutil.move(tmp_path / f"node{i}", tmp_path / f"away{i}")
+        read_all(ec, data)
+        assert [info.key for info in ec.list()] == sorted(data)
+        for i in gone:
+            shutil.move(tmp_path / f"away{i}", tmp_path / f"node{i}")
+    assert ec.events.total("degraded_read") > 0
+
+
+def test_one_removed_and_another_bit_flipped_still_reads(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    data = blobs(ec)
+    shutil.rmtree(tmp_path / "node0")
+    for key, blob in data.items():
+        if blob:
+            path = fragment_file(tmp_path, 2, ec, key)
+            for at in range(0, path.stat().st_size - FOOTER_SIZE, 997):
+                flip(path, at)
+    read_all(ec, data)
+    assert ec.events.total("fragment_error") > 0
+
+
+def test_more_than_m_lost_fails_clearly_with_no_bytes(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    blob = os.urandom(100_000)
+    etag = ec.put("c.des", blob).etag
+    for i in (1, 3, 5):
+        shutil.rmtree(tmp_path / f"node{i}")
+    with pytest.raises(StorageUnavailable) as failed:
+        ec.read("c.des", 0, len(blob), if_match=etag)
+    assert "3 of 6 fragments unreadable, 4 needed" in str(failed.value)
+
+
+def test_unreachable_nodes_degrade_reads_and_readiness_counts_them(tmp_path: Path, aws_env: None) -> None:
+    dead = [S3Storage(f"s3://desq-dead/n{i}", endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_timeout=0.2) for i in range(2)]
+    ec = ECStorage([*folders(tmp_path, 4), *dead], 3, 3, **SMALL)
+    blob = os.urandom(50_000)
+    etag = ec.put("c.des", blob).etag
+    assert ec.read("c.des", 0, len(blob), if_match=etag) == blob
+    states = ec.node_states()
+    assert [why is None for _, why in states] == [True] * 4 + [False] * 2
+    shutil.rmtree(tmp_path / "node0")
+    assert ec.read("c.des", 0, len(blob), if_match=etag) == blob  # 3 of 6 left: K=3
+    assert [why is None for _, why in ec.node_states()] == [False] + [True] * 3 + [False] * 2
+
+
+def test_swapped_nodes_never_give_wrong_bytes(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    blob = os.urandom(200_000)
+    etag = ec.put("c.des", blob).etag
+    nodes = folders(tmp_path, 6)
+    swapped = ECStorage([nodes[1], nodes[0], nodes[3], nodes[2], nodes[5], nodes[4]], 4, 2, **SMALL)
+    with pytest.raises(StorageUnavailable):
+        swapped.read("c.des", 0, len(blob), if_match=etag)
+
+
+def test_a_replaced_object_refuses_reads_pinned_to_the_old_one(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    old = ec.put("c.des", b"a" * 50_000)
+    ec.put("c.des", b"b" * 60_000)
+    with pytest.raises(StaleObject):
+        ec.read("c.des", 0, 10, if_match=old.etag)
+    with pytest.raises(StaleObject):
+        ec.read("c.des", 0, 10, if_match="3f2a-deadbeef")  # not an erasure-coded version at all
+
+
+def test_a_killed_write_is_invisible_and_recover_clears_it(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    ec.put("c.des", b"old" * 1000)
+    upload = ec.open_upload("c.des")
+    upload.write(os.urandom(100_000))
+    # the process dies here, after its fragments were committed but before the marker
+    for i, node_upload in upload._uploads.items():  # noqa: SLF001 - simulating the moment of a kill
+        node_upload.commit()
+    upload._uploads = {}  # noqa: SLF001
+    assert ec.read("c.des", 0, 3) == b"old" and ec.head("c.des").size == 3000
+    assert [p.key for p in ec.uploads()] == ["c.des"]
+    assert ec.abort_stale_uploads(3600) == 0  # too young: it could be a packer still writing
+    assert ec.abort_stale_uploads(0) == 1
+    assert list(ec.uploads()) == [] and ec.read("c.des", 0, 3) == b"old"
+    assert sorted(p.name for p in (tmp_path / "node0").iterdir()) == [fragment_key("c.des", Version.from_etag(ec.head("c.des").etag).id),
+                                                                       Version.from_etag(ec.head("c.des").etag).marker("c.des")]
+
+
+def test_a_write_with_fewer_than_k_plus_1_nodes_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    nodes: list[Storage] = folders(tmp_path, 4)
+    dead = [S3Storage(f"s3://desq-dead/n{i}", endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_timeout=0.2) for i in range(2)]
+    ec = ECStorage(nodes + dead, 4, 2, **SMALL)
+    with pytest.raises(StorageError, match="only 4 fragments stored, 5 needed"):
+        ec.put("c.des", os.urandom(100_000))
+    assert all(not any(p.is_file() for p in (tmp_path / f"node{i}").rglob("*")) for i in range(4))
+
+
+def test_verify_names_each_bad_fragment_and_repair_restores_them(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    data = blobs(ec)
+    shutil.rmtree(tmp_path / "node4")
+    flip(fragment_file(tmp_path, 1, ec, "many/ragged"), 5000)
+    found = {key: check(ec, key, version, marked) for key, version, marked in objects(ec)}
+    lines = [p.line() for problems in found.values() for p in problems]
+    assert f"BAD many/ragged: fragment 1 on {ec.nodes[1].url}: damaged: block 4 fails its checksum" in lines
+    assert all(any(p.index == 4 and p.what == "missing" for p in problems) for problems in found.values())
+    read_all(ec, data)  # every file still reads meanwhile
+    for key, version, marked in objects(ec):
+        done = repair(ec, key, version, found[key])
+        assert not done.failed and 4 in done.rebuilt
+    assert all(check(ec, key, version, marked) == [] for key, version, marked in objects(ec))
+    for i in (0, 2):  # the rebuilt fragments carry the data: lose two others, still byte-exact
+        shutil.rmtree(tmp_path / f"node{i}")
+    read_all(ec, data)
+
+
+def test_repair_with_more_than_m_lost_says_so_and_stores_nothing(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    ec.put("c.des", os.urandom(100_000))
+    for i in (0, 1, 2):
+        shutil.rmtree(tmp_path / f"node{i}")
+    [(key, version, marked)] = objects(ec)
+    done = repair(ec, key, version, check(ec, key, version, marked))
+    assert done.rebuilt == [] and "could not rebuild fragment(s) 0, 1, 2" in done.failed[0]
+    assert not (tmp_path / "node0").exists() or not any((tmp_path / "node0").rglob("*~*"))
+
+
+def test_a_big_object_streams_in_bounded_memory(tmp_path: Path) -> None:
+    import io
+    import tracemalloc
+
+    ec = ECStorage(folders(tmp_path, 6), 4, 2)
+    blob = os.urandom(48 * MiB)
+    tracemalloc.start()
+    ec.put("big", io.BytesIO(blob))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 * MiB  # a stripe (4 MiB), its parity and sealed copies, one 8 MiB chunk read: not the object
+    assert b"".join(ec.iter_read("big", 0, len(blob))) == blob

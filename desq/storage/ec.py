@@ -25,7 +25,7 @@ from desq.storage.base import (
 from desq.storage.ec_codec import Codec
 from desq.storage.ec_format import (
     Footer, FragmentError, Geometry, Segment, Version, fragment_key, new_version, open_blocks, parse_fragment_key, parse_marker_key,
-    seal_block, version_time,
+    seal_cell, version_time,
 )
 
 T = TypeVar("T")
@@ -123,13 +123,23 @@ class ECStorage(Storage):
         reasons = "; ".join(f"node {i} ({self.nodes[i].url}): {getattr(exc, 'reason', exc)}" for i, exc in sorted(failed.items()))
         return StorageUnavailable(f"{what}: more than M={self.m} nodes do not answer ({reasons})", reason=f"{len(failed)} of {len(self.nodes)} nodes do not answer")
 
-    def _current(self, key: str) -> Version:
-        """The version readers see now (one listing on each node); NotFound if there is none."""
+    def marked(self, key: str) -> dict[Version, set[int]]:
+        """The committed versions of ``key`` and the nodes holding each one's marker (one listing
+        on each node); StorageUnavailable when more than M nodes do not answer."""
         check_key(key)
         keys, failed = self._listing(f"{key}~")
-        found = [v for node_keys in keys.values() for k in node_keys if (p := parse_marker_key(k)) and p[0] == key for v in [p[1]]]
         if len(failed) > self.m:  # fewer than K answer: nothing could be read, whatever they hold
             raise self._unlisted(f"looking up {key!r} in {self.url}", failed)
+        found: dict[Version, set[int]] = {}
+        for i, node_keys in keys.items():
+            for node_key in node_keys:
+                if (parsed := parse_marker_key(node_key)) is not None and parsed[0] == key:
+                    found.setdefault(parsed[1], set()).add(i)
+        return found
+
+    def _current(self, key: str) -> Version:
+        """The version readers see now; NotFound if there is none."""
+        found = self.marked(key)
         if not found:
             raise NotFound(f"no object {key!r} in {self.url}")
         return max(found)
@@ -178,12 +188,19 @@ class ECStorage(Storage):
 
     def _degraded(self, key: str, version: Version, segment: Segment, failed: dict[int, BaseException]) -> bytes:
         """The segment from any K other fragments' same range, decoded."""
+        have = self.gather(key, version, segment.at, segment.size, failed)
+        self.events("degraded_read")
+        return self.codec.data(have)[segment.index]
+
+    def gather(self, key: str, version: Version, at: int, size: int, failed: dict[int, BaseException]) -> dict[int, bytes]:
+        """Fragment range [at, at + size) from K fragments not in ``failed`` (which gets those
+        that fail on the way); the error of ``_unreadable`` when fewer than K can be read."""
         rest = [i for i in range(len(self.nodes)) if i not in failed]
         candidates = [i for i in rest if self._up(i)] + [i for i in rest if not self._up(i)]
         have: dict[int, bytes] = {}
         while len(have) < self.k and candidates:
             batch, candidates = candidates[: self.k - len(have)], candidates[self.k - len(have) :]
-            for i, got in self._each(lambda i: self.fragment_range(i, key, version, segment.at, segment.size), batch).items():
+            for i, got in self._each(lambda i: self.fragment_range(i, key, version, at, size), batch).items():
                 if isinstance(got, BaseException):
                     if isinstance(got, (StaleObject, InvalidKey)):
                         raise got
@@ -194,8 +211,7 @@ class ECStorage(Storage):
                     have[i] = got
         if len(have) < self.k:
             raise self._unreadable(key, version, failed)
-        self.events("degraded_read")
-        return self.codec.data(have)[segment.index]
+        return have
 
     def _unreadable(self, key: str, version: Version, failed: dict[int, BaseException]) -> StorageError:
         if all(isinstance(exc, NotFound) for exc in failed.values()):
@@ -441,14 +457,7 @@ class _ECUpload(Upload):
         block = ec.geometry.block
         cells = [data[j * cell : (j + 1) * cell].ljust(cell, b"\0") for j in range(ec.k)]
         cells += ec.codec.parity(cells)
-        pieces: dict[int, bytes] = {}
-        for i in self._uploads:
-            stored = bytearray()
-            for n, at in enumerate(range(0, cell, block)):
-                body = cells[i][at : at + block]
-                stored += body
-                stored += seal_block(body, self._version, i, self._blocks + n)
-            pieces[i] = bytes(stored)
+        pieces = {i: seal_cell(cells[i], self._version, i, self._blocks, block) for i in self._uploads}
         for i, content in enumerate(cells):
             self._fragment_crcs[i] = crc32c(content, self._fragment_crcs[i])
         self._blocks += -(-cell // block)

@@ -147,6 +147,16 @@ def seal_block(data: bytes | memoryview, version: bytes, index: int, number: int
     return struct.pack("<I", crc32c(data, block_seed(version, index, number)))
 
 
+def seal_cell(cell: bytes, version: bytes, index: int, first: int, block: int) -> bytes:
+    """A cell as stored: its blocks, numbered from ``first``, each followed by its checksum."""
+    stored = bytearray()
+    for n, at in enumerate(range(0, len(cell), block)):
+        body = cell[at : at + block]
+        stored += body
+        stored += seal_block(body, version, index, first + n)
+    return bytes(stored)
+
+
 def open_blocks(stored: bytes, span: BlockSpan, block: int, version: bytes, index: int) -> bytes:
     """The fragment bytes of ``span`` from its stored bytes, every block checked; FragmentError if not."""
     view = memoryview(stored)
