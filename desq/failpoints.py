@@ -38,6 +38,9 @@ POINTS: dict[str, str] = {
     "pack.after_mark": "every row marked PACKED, no original deleted yet",
     "pack.deleted": "an original was deleted (k-th hit: k originals)",
     "pack.done": "pack_shard finished and released its lease, its result not yet returned",
+    "ec.fragment_stored": "an erasure-coded write committed a fragment on its node (k-th hit: k fragments), not yet marked",
+    "ec.marked": "an erasure-coded write stored a commit marker (k-th hit: k markers), older versions not yet deleted",
+    "ec.fragment_moved": "an erasure-coded publish renamed a fragment (k-th hit: k fragments), not yet marked",
     "marker.in_batch": "the marker updated a batch, not yet committed",
     "marker.between_batches": "the marker committed a batch, the next not yet read",
 }

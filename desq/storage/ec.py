@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from crc32c import crc32c
 
+from desq.failpoints import failpoint
 from desq.storage.base import (
     InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload,
     check_key,
@@ -269,7 +270,10 @@ class ECStorage(Storage):
 
     def _mark(self, key: str, version: Version, on: Iterable[int]) -> list[int]:
         """Store the commit marker on nodes ``on``; the nodes that took it."""
-        done = self._each(lambda i: self.nodes[i].put(version.marker(key), b""), on)
+        def mark(i: int) -> None:
+            self.nodes[i].put(version.marker(key), b"")
+            failpoint("ec.marked")
+        done = self._each(mark, on)
         return [i for i, got in done.items() if not isinstance(got, BaseException)]
 
     def _drop_others(self, key: str, keep: Version, *, newer_too: bool = False) -> None:
@@ -290,7 +294,10 @@ class ECStorage(Storage):
         """Rename each fragment of the staged version; mark it under ``key`` once K+1 are there."""
         version = self._current(staging)
         check_key(fragment_key(key, version.id))
-        moved = self._each(lambda i: self.nodes[i].publish(fragment_key(staging, version.id), fragment_key(key, version.id)), range(len(self.nodes)))
+        def move(i: int) -> None:
+            self.nodes[i].publish(fragment_key(staging, version.id), fragment_key(key, version.id))
+            failpoint("ec.fragment_moved")
+        moved = self._each(move, range(len(self.nodes)))
         there = [i for i, got in moved.items() if not isinstance(got, BaseException)]
         if len(there) < self.k + 1:
             self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
@@ -494,7 +501,10 @@ class _ECUpload(Upload):
                        for i in self._uploads}
             self._send(footers)
             uploads = self._uploads
-            committed = ec._each(lambda i: uploads[i].commit(), list(uploads))
+            def store(i: int) -> None:
+                uploads[i].commit()
+                failpoint("ec.fragment_stored")
+            committed = ec._each(store, list(uploads))
             stored = [i for i, got in committed.items() if not isinstance(got, BaseException)]
             for i, got in committed.items():
                 if isinstance(got, BaseException):
