@@ -24,6 +24,9 @@ from desq.container import ContainerError, Problem, Reader
 from desq.errors import DesqError
 from desq.leftovers import SAFE_AGE, Leftover, find, human, safe_age
 from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, join_key
+from desq.storage.ec import ECStorage
+from desq.storage.ec_repair import check_many, ec_of
+from desq.storage.ec_repair import targets as ec_targets
 from desq.storage.local import LocalStorage
 
 DEFAULT_JOBS = min(8, 2 * (os.cpu_count() or 1))
@@ -126,6 +129,10 @@ class Tally:
     bytes: int = 0
     bad: int = 0
     started: float = 0.0
+    coded: int | None = None
+    """Erasure-coded archive: objects whose fragments were checked (None: not coded)."""
+    fragments_bad: int = 0
+    """Missing or damaged fragments and commit markers found."""
 
     def add(self, checked: Checked) -> None:
         self.containers += 1
@@ -137,7 +144,8 @@ class Tally:
         """``verified 16 container(s), 32,712 members, 1,073.7 MB in 2.9 s (370.2 MB/s); 0 bad``"""
         seconds = max((time.monotonic() if now is None else now) - self.started, 1e-9)
         mb = self.bytes / 1e6
-        return f"verified {self.containers} container(s), {self.members:,} members, {mb:,.1f} MB in {seconds:.1f} s ({mb / seconds:,.1f} MB/s); {self.bad} bad"
+        coded = "" if self.coded is None else f"; fragments of {self.coded} object(s) checked, {self.fragments_bad} missing or damaged"
+        return f"verified {self.containers} container(s), {self.members:,} members, {mb:,.1f} MB in {seconds:.1f} s ({mb / seconds:,.1f} MB/s); {self.bad} bad{coded}"
 
 
 Progress = Callable[[Sequence[str], str], Iterator[str]]
@@ -168,11 +176,23 @@ class VerifyRun:
             self.tally.add(checked)
             refs[checked.target] = checked.externals
             yield from checked.lines()
+        coded = ec_of(self.targets.archive()) if self.everything or any(not Path(c).is_file() for c in self.containers) else None
+        if coded is not None:
+            yield from self._fragments(coded)
         if self.everything:
             self.young = safe_age(lease_seconds)
             self.leftovers = find(objects, self.targets.archive().uploads(), refs)
             now = datetime.now(timezone.utc)
             yield from (leftover.line(now, self.young) for leftover in self.leftovers)
+
+    def _fragments(self, ec: ECStorage) -> Iterator[str]:
+        """A ``BAD`` line for each missing or damaged fragment of the objects verified."""
+        keys = [] if self.everything else ec_targets(ec, [c for c in self.containers if not Path(c).is_file()])
+        self.tally.coded = 0
+        for _, problems in check_many(ec, keys, self.jobs):
+            self.tally.coded += 1
+            self.tally.fragments_bad += len(problems)
+            yield from (problem.line() for problem in problems)
 
     def leftover_note(self) -> str:
         """The warning after the leftover lines."""

@@ -12,6 +12,7 @@ from desq.files import FileService
 from desq.index_cache import RedisIndexTier
 from desq.settings import Settings, load_settings
 from desq.storage import Storage, storage_for
+from desq.storage.ec_repair import ec_of
 from desq.storage.counting import CountingStorage
 from web import metrics
 from web.errors import register_error_handlers
@@ -31,6 +32,9 @@ def file_service(settings: Settings, storage: Storage | None = None) -> FileServ
     """desq's read path as the web roles use it: the archive storage counted in the metrics, with
     the cached indexes (and the shared Redis tier when configured)."""
     plain = storage or storage_for(settings, max_pool_connections=64)
+    coded = ec_of(plain)
+    if coded is not None:
+        coded.events.listen(metrics.ec_event)
     counted = CountingStorage(plain, on_request=metrics.storage_request)
     shared = RedisIndexTier(settings.web.index_cache_url) if settings.web.index_cache_url else None
     archive = Archive(counted, cache_bytes=settings.web.index_cache_bytes, on_cache=metrics.cache_event, shared=shared)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from desq.published import PUBLISHED
 from desq.storage import NotFound, StorageError
+from desq.storage.ec_repair import ec_of
 from web.errors import error_response
 
 health = Blueprint("health", __name__)
@@ -19,8 +20,15 @@ def healthz() -> Response:
 
 @health.get("/readyz")
 def readyz() -> Response:
-    """200 when the archive storage answers (a missing object is an answer), else 503."""
+    """200 when the archive storage answers (a missing object is an answer), else 503. An
+    erasure-coded archive is ready while at most M of its nodes are down."""
     storage = current_app.extensions["desq.files"].archive.storage
+    coded = ec_of(storage)
+    if coded is not None:
+        down = [f"{url}: {why}" for url, why in coded.node_states() if why is not None]
+        if len(down) > coded.m:
+            return error_response(503, "unavailable", f"{len(down)} of {len(coded.nodes)} archive nodes are down, at most {coded.m} may be: {'; '.join(down)}")
+        return jsonify(status="ready", nodes_down=down) if down else jsonify(status="ready")
     try:
         storage.head(PUBLISHED)
     except NotFound:

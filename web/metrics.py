@@ -28,6 +28,8 @@ BYTES = Counter("desq_bytes_served_total", "File bytes sent")
 CACHE = Counter("desq_index_cache_total", "Container index lookups in the cache", ["result"])
 STORAGE = Counter("desq_storage_requests_total", "Requests sent to the archive storage", ["op"])
 S3_REQUESTS = Counter("desq_s3_requests_total", "S3 API requests answered, by S3 operation", ["operation", "status"])
+EC_DEGRADED = Counter("desq_ec_degraded_reads_total", "Erasure-coded archive: reads decoded from other fragments because one was missing, damaged or its node down")
+EC_FRAGMENT_ERRORS = Counter("desq_ec_fragment_errors_total", "Erasure-coded archive: fragment reads that failed, by kind (missing, damaged, unreachable)", ["kind"])
 S3_LISTING = Counter("desq_s3_listing_storage_requests_total", "Storage requests made to list the S3 bucket", ["op"])
 
 metrics = Blueprint("metrics", __name__)
@@ -49,6 +51,13 @@ def s3_request(operation: str, status: int) -> None:
 
 def s3_listing_request(op: str) -> None:
     _child(S3_LISTING, op).inc()
+
+
+def ec_event(event: str, detail: str) -> None:
+    if event == "degraded_read":
+        EC_DEGRADED.inc()
+    elif event == "fragment_error":
+        _child(EC_FRAGMENT_ERRORS, detail).inc()
 
 
 def cache_event(hit: bool) -> None:

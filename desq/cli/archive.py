@@ -140,6 +140,41 @@ def verify(settings: Settings, containers: tuple[str, ...], everything: bool, jo
         click.echo(f"desq: warning: {found.leftover_note()}", err=True)
     if found.tally.bad:
         raise DesqError(f"{found.tally.bad} of {found.tally.containers} container(s) failed verification")
+    if found.tally.fragments_bad:
+        raise DesqError(f"{found.tally.fragments_bad} fragment(s) missing or damaged (every file may still read); `desq repair --all` rebuilds them")
+
+
+@main.command()
+@common_options
+@click.argument("containers", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every object of the archive.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Objects repaired at once.")
+@needs_settings
+def repair(settings: Settings, containers: tuple[str, ...], everything: bool, jobs: int) -> None:
+    """Erasure-coded archive: rebuild missing or damaged fragments onto their nodes; exit 1 naming
+    what could not be rebuilt."""
+    from desq.storage.ec_repair import ec_of, repair_many, targets
+
+    if not containers and not everything:
+        raise click.UsageError("name containers to repair, or give --all")
+    if containers and everything:
+        raise click.UsageError("name containers or give --all, not both")
+    ec = ec_of(storage_for(settings))
+    if ec is None:
+        raise DesqError(f"desq repair is for an erasure-coded archive (archive.url = \"ec://K+M\"); {settings.archive.url!r} is not one")
+    checked = rebuilt = 0
+    failed: list[str] = []
+    for key, problems, done in repair_many(ec, targets(ec, containers), jobs):
+        checked += 1
+        if done is None:
+            continue
+        for line in done.lines():
+            click.echo(line)
+        rebuilt += len(done.rebuilt) + len(done.marked)
+        failed += done.failed
+    click.echo(f"checked {checked} object(s); rebuilt {rebuilt} fragment(s) and marker(s); {len(failed)} failed", err=True)
+    if failed:
+        raise DesqError(f"{len(failed)} repair(s) failed: {failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
 
 
 @main.command()

@@ -60,7 +60,11 @@ def _node(spec: str, s3_endpoint_url: str, s3_options: dict[str, Any]) -> Storag
     endpoint = query.removeprefix("endpoint=") if query else s3_endpoint_url
     if url.startswith("ec://"):
         raise StorageError(f"node {spec!r}: a node cannot be another erasure-coded archive")
-    return open_storage(url, s3_endpoint_url=endpoint, **(s3_options if url.startswith("s3://") else {}))
+    if not url.startswith("s3://"):
+        return open_storage(url)
+    # A node that does not answer is read around (degraded) rather than waited out with retries.
+    options = {"max_attempts": 3, "connect_timeout": 2.0} | s3_options
+    return open_storage(url, s3_endpoint_url=endpoint, **options)
 
 
 def storage_for(settings: Settings, **s3_options: Any) -> Storage:

@@ -39,15 +39,19 @@ class Events:
     """Counters of what reads met (a web app turns them into metrics)."""
 
     def __init__(self, on_event: Callable[[str, str], None] | None = None) -> None:
-        self._on_event = on_event
+        self._listeners = [on_event] if on_event else []
         self._lock = threading.Lock()
         self.counts: dict[tuple[str, str], int] = {}
+
+    def listen(self, on_event: Callable[[str, str], None]) -> None:
+        """Call ``on_event(event, detail)`` on every event from now on."""
+        self._listeners.append(on_event)
 
     def __call__(self, event: str, detail: str = "") -> None:
         with self._lock:
             self.counts[event, detail] = self.counts.get((event, detail), 0) + 1
-        if self._on_event is not None:
-            self._on_event(event, detail)
+        for listener in self._listeners:
+            listener(event, detail)
 
     def total(self, event: str) -> int:
         with self._lock:

@@ -10,6 +10,7 @@ each rebuilt fragment atomically under its own name, so readers never see a half
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from crc32c import crc32c
@@ -158,3 +159,36 @@ def _good_footer(ec: ECStorage, key: str, version: Version, bad: list[int]) -> F
             except (StorageError, FragmentError):
                 continue
     raise FragmentError("no intact footer to rebuild from")
+
+
+def ec_of(storage: object) -> ECStorage | None:
+    """The erasure-coded storage under ``storage`` (through wrappers such as CountingStorage), if any."""
+    while storage is not None and not isinstance(storage, ECStorage):
+        storage = getattr(storage, "inner", None)
+    return storage
+
+
+def targets(ec: ECStorage, containers: Iterable[str]) -> list[str]:
+    """The objects of the containers named: each one and the big files stored beside it."""
+    keys: list[str] = []
+    for key in containers:
+        keys.append(key)
+        keys += [info.key for info in ec.list(f"{key}.big/")]
+    return keys
+
+
+def check_many(ec: ECStorage, keys: Iterable[str] = (), jobs: int = 4) -> Iterator[tuple[str, list[FragmentProblem]]]:
+    """(key, problems) of the keys given, or of every object, in key order, ``jobs`` at a time."""
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ec-check") as pool:
+        for key, problems in pool.map(lambda found: (found[0], check(ec, *found)), objects(ec, keys)):
+            yield key, problems
+
+
+def repair_many(ec: ECStorage, keys: Iterable[str] = (), jobs: int = 2) -> Iterator[tuple[str, list[FragmentProblem], Repaired | None]]:
+    """Check the keys given (or every object) and repair those with problems, in key order."""
+    def one(found: tuple[str, Version, set[int]]) -> tuple[str, list[FragmentProblem], Repaired | None]:
+        problems = check(ec, *found)
+        return found[0], problems, repair(ec, found[0], found[1], problems) if problems else None
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ec-repair") as pool:
+        yield from pool.map(one, objects(ec, keys))
