@@ -13,7 +13,6 @@ import difflib
 import json
 import os
 import re
-import string
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -21,14 +20,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from desq import layout
 from desq.errors import DesqError
 from desq.failpoints import FAILPOINTS_DIR_ENV, FAILPOINTS_ENV
 from desq.mode import mode_for
 from desq.s3 import config as s3_config
+from desq.settings_checks import (
+    ec_code, hide_password,
+    check_archive_url, check_backends, check_broker_url, check_db_url, check_nodes, check_nonempty, check_optional_db_url, check_optional_http_url, check_original_url, check_prefix, check_tokens, check_zone,
+)
 
 ENV_PREFIX = "DESQ_"
 CONFIG_ENV = "DESQ_CONFIG"
@@ -56,154 +58,6 @@ def opt(
     return field(default=default, metadata=meta)
 
 
-# --- value checks (raise ValueError with the reason) -----------------------------------------
-
-
-def _check_zone(value: str) -> None:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
-
-
-def _check_prefix(value: str) -> None:
-    if value:
-        layout.check_prefix(value)
-
-
-def _check_nonempty(value: str) -> None:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL")
-
-
-def _check_db_url(value: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(value)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number; its text may hold the password
-        raise ValueError("is not an SQLAlchemy database URL (e.g. postgresql://host/db)") from None
-
-
-def _check_optional_db_url(value: str) -> None:
-    if value:
-        _check_db_url(value)
-
-
-def _check_archive_url(value: str) -> None:
-    _check_nonempty(value)
-    scheme = urlsplit(value).scheme if "://" in value else ""
-    if scheme == "s3":
-        bucket = urlsplit(value).netloc
-        if not s3_config.BUCKET_RE.fullmatch(bucket):
-            raise ValueError(f"S3 bucket {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
-    elif scheme == "file":
-        if not value.startswith("file:///"):
-            raise ValueError("a file URL must be absolute: file:///abs/path")
-    elif scheme == "ec":
-        ec_code(value)
-    elif scheme:
-        raise ValueError(f"scheme {scheme!r} is not supported: use a path, file:///abs/path, s3://bucket/prefix or ec://K+M")
-
-
-EC_URL = re.compile(r"ec://([0-9]{1,3})\+([0-9]{1,3})")
-
-
-def ec_code(url: str) -> tuple[int, int]:
-    """(K, M) of an ``ec://K+M`` archive url; ValueError if it is malformed."""
-    match = EC_URL.fullmatch(url)
-    if not match:
-        raise ValueError(f"{url!r} is not ec://K+M (e.g. ec://4+2)")
-    k, m = int(match.group(1)), int(match.group(2))
-    if not (1 <= k and 1 <= m and k + m <= 64):
-        raise ValueError(f"{url!r}: need K >= 1, M >= 1 and K + M <= 64")
-    return k, m
-
-
-def _check_nodes(value: tuple[str, ...]) -> None:
-    for node in value:
-        url, _, query = node.partition("?")
-        if url.startswith("ec://"):
-            raise ValueError(f"node {node!r}: a node is a folder or an s3:// location, not another ec:// archive")
-        _check_archive_url(url)
-        if query:
-            if not url.startswith("s3://") or not query.startswith("endpoint="):
-                raise ValueError(f"node {node!r}: only s3:// nodes take a query, and only ?endpoint=http(s)://host:port")
-            _check_http_url(query.removeprefix("endpoint="))
-    if len(set(value)) != len(value):
-        raise ValueError("lists a node twice")
-
-
-def _check_http_url(value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{hide_password(value)!r} is not an http(s) URL")
-    try:
-        _ = parts.port  # urlsplit checks the port only when it is asked for it
-    except ValueError:
-        raise ValueError(f"{hide_password(value)!r} has an invalid port") from None
-
-
-def _check_optional_http_url(value: str) -> None:
-    if value:
-        _check_http_url(value)
-
-
-def _check_broker_url(value: str) -> None:
-    if value and not re.fullmatch(r"[a-z][a-z0-9+.-]*://.*", value):
-        raise ValueError("is not a broker URL (e.g. redis://host:6379/0)")
-
-
-def _check_backends(value: tuple[str, ...]) -> None:
-    for url in value:
-        _check_http_url(url)
-    if len(set(value)) != len(value):
-        raise ValueError("lists a backend twice")
-
-
-def _check_tokens(value: tuple[str, ...]) -> None:
-    for token in value:
-        if len(token) < 16 or not re.fullmatch(r"[\x21-\x7e]+", token):
-            raise ValueError("every token must be at least 16 printable ASCII characters, no spaces")
-
-
-ORIGINAL_FIELDS = ("uid", "date", "path")
-"""The placeholders of ``web.original_url``: the uid (quoted whole), the day (YYYYMMDD), and the
-row's path column (quoted, its slashes kept; looked up in the source table)."""
-
-
-def _check_original_url(value: str) -> None:
-    if not value:
-        return
-    parts = urlsplit(value)
-    if parts.scheme not in ("s3", "http", "https", "file"):
-        raise ValueError("must be an s3://, http(s):// or file:/// URL template")
-    try:
-        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"is not a valid template: {exc}") from None
-    fields = [name for name, _, _ in parsed]
-    unknown = sorted(set(fields) - set(ORIGINAL_FIELDS))
-    if unknown:
-        raise ValueError(f"knows only the placeholders {{uid}}, {{date}} and {{path}}, not {unknown}")
-    if not {"uid", "path"} & set(fields):
-        raise ValueError("must contain the placeholder {uid} or {path}")
-    if any(spec or conversion for _, spec, conversion in parsed):
-        raise ValueError("placeholders take no format spec or conversion (write {uid}, {date}, {path})")
-    if "path" in fields:
-        if fields.count("path") > 1:
-            raise ValueError("may hold {path} only once")
-        before = value[: value.index("{path}")]
-        where = urlsplit(before)
-        if "{" in parts.netloc or not where.path.startswith("/"):
-            raise ValueError("must name its bucket, host or folder before {path} (e.g. s3://live/{path}, file:///srv/live/{path})")
-        if parts.scheme == "file" and where.path.rstrip("/") == "":
-            raise ValueError("must name a folder before {path}, not / (every file of the machine)")
-
-
 # --- the schema ------------------------------------------------------------------------------
 
 
@@ -211,24 +65,24 @@ def _check_original_url(value: str) -> None:
 class ColumnSettings:
     """Names of the business table's own columns."""
 
-    id: str = opt("id", "the row's unique id (name mode: part of the name; uid mode: the uid)", check=_check_nonempty)
-    created_at: str = opt("created_at", "when the file was created", check=_check_nonempty)
-    path: str = opt("path", "the original file: a local path or s3://bucket/key", check=_check_nonempty)
-    des_name: str = opt("des_name", "name mode: the name the marker gives", check=_check_nonempty)
-    des_shard: str = opt("des_hash_bits", "name mode: the shard of that name, an integer", check=_check_nonempty)
-    des_status: str = opt("des_status", "name mode: NULL, READY or PACKED", check=_check_nonempty)
+    id: str = opt("id", "the row's unique id (name mode: part of the name; uid mode: the uid)", check=check_nonempty)
+    created_at: str = opt("created_at", "when the file was created", check=check_nonempty)
+    path: str = opt("path", "the original file: a local path or s3://bucket/key", check=check_nonempty)
+    des_name: str = opt("des_name", "name mode: the name the marker gives", check=check_nonempty)
+    des_shard: str = opt("des_hash_bits", "name mode: the shard of that name, an integer", check=check_nonempty)
+    des_status: str = opt("des_status", "name mode: NULL, READY or PACKED", check=check_nonempty)
 
 
 @dataclass(frozen=True)
 class SourceSettings:
     """The business application's table of files."""
 
-    db_url: str = opt("sqlite:///desq-data/source.db", "SQLAlchemy URL of the source database", check=_check_db_url, secret=True)
-    table: str = opt("files", "the source table (schema.table allowed)", check=_check_nonempty)
+    db_url: str = opt("sqlite:///desq-data/source.db", "SQLAlchemy URL of the source database", check=check_db_url, secret=True)
+    table: str = opt("files", "the source table (schema.table allowed)", check=check_nonempty)
     root: str = opt("", "prefix for relative paths in the path column")
     uid_kind: str = opt("int", "uid mode: int (shard = uid % 2**bits) or text (CRC32)", choices=("int", "text"))
-    name_prefix: str = opt("", "name mode: optional [A-Za-z0-9-]+ prefix of the names the marker gives", check=_check_prefix)
-    s3_endpoint_url: str = opt("", "S3 endpoint for s3:// originals; empty: archive.s3_endpoint_url", check=_check_optional_http_url)
+    name_prefix: str = opt("", "name mode: optional [A-Za-z0-9-]+ prefix of the names the marker gives", check=check_prefix)
+    s3_endpoint_url: str = opt("", "S3 endpoint for s3:// originals; empty: archive.s3_endpoint_url", check=check_optional_http_url)
     batch_size: int = opt(1000, "rows the marker reads and updates per transaction", min=1, max=100_000)
     fetch_threads: int = opt(32, "originals fetched at once by one packer (S3 GETs wait on the network; local files in the page cache are read inline)", min=1, max=256)
     columns: ColumnSettings = field(default_factory=ColumnSettings)
@@ -238,9 +92,9 @@ class SourceSettings:
 class ArchiveSettings:
     """Where containers are stored and when files go into them."""
 
-    url: str = opt("desq-data/archive", "a local folder (path or file:///abs/path), s3://bucket/prefix, or ec://K+M over archive.nodes", check=_check_archive_url)
-    s3_endpoint_url: str = opt("", "S3 endpoint for Ceph RGW, MinIO or a test server; empty for AWS", check=_check_optional_http_url)
-    nodes: tuple[str, ...] = opt((), "ec://K+M: exactly K+M node locations, folders or s3://bucket/prefix[?endpoint=http://host:port]", check=_check_nodes)
+    url: str = opt("desq-data/archive", "a local folder (path or file:///abs/path), s3://bucket/prefix, or ec://K+M over archive.nodes", check=check_archive_url)
+    s3_endpoint_url: str = opt("", "S3 endpoint for Ceph RGW, MinIO or a test server; empty for AWS", check=check_optional_http_url)
+    nodes: tuple[str, ...] = opt((), "ec://K+M: exactly K+M node locations, folders or s3://bucket/prefix[?endpoint=http://host:port]", check=check_nodes)
     after_days: int = opt(7, "a file is archived once it is this many days old", min=0, max=36500)
     delete_originals: bool = opt(False, "delete originals, only ever after the container is verified")
     big_file_bytes: int = opt(64 * 1024 * 1024, "files this large or larger are stored beside the container", min=1, max=5 * 1024**4)
@@ -250,7 +104,7 @@ class ArchiveSettings:
 class StateSettings:
     """desq's own small tables (the uid-mode cutoff, packer leases)."""
 
-    db_url: str = opt("", "SQLAlchemy URL for desq's own tables; empty: the source database", check=_check_optional_db_url, secret=True)
+    db_url: str = opt("", "SQLAlchemy URL for desq's own tables; empty: the source database", check=check_optional_db_url, secret=True)
 
 
 @dataclass(frozen=True)
@@ -264,23 +118,23 @@ class PipelineSettings:
 class BrokerSettings:
     """The Celery broker and result backend."""
 
-    url: str = opt("", "empty: the embedded broker under data_dir; production: redis://host:6379/0", check=_check_broker_url, secret=True)
-    result_backend: str = opt("", "empty: the broker's Redis, or a folder under data_dir for the embedded broker", check=_check_broker_url, secret=True)
+    url: str = opt("", "empty: the embedded broker under data_dir; production: redis://host:6379/0", check=check_broker_url, secret=True)
+    result_backend: str = opt("", "empty: the broker's Redis, or a folder under data_dir for the embedded broker", check=check_broker_url, secret=True)
 
 
 @dataclass(frozen=True)
 class WebSettings:
     """The files API and the router."""
 
-    backends: tuple[str, ...] = opt((), "router: base URLs of files-API instances", check=_check_backends)
-    api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=_check_tokens, secret=True)
+    backends: tuple[str, ...] = opt((), "router: base URLs of files-API instances", check=check_backends)
+    api_tokens: tuple[str, ...] = opt((), 'when non-empty, every /files request needs "Authorization: Bearer <token>"', check=check_tokens, secret=True)
     cache_max_age: int = opt(86400, "seconds a file answer stays fresh in caches (Cache-Control max-age; a member never changes under its ETag)", min=0, max=2**31)
-    original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=_check_original_url)
+    original_url: str = opt("", 'uid mode: where reads of not-yet-archived files go, e.g. "s3://live/{uid}"', check=check_original_url)
     index_cache_bytes: int = opt(256 << 20, "memory for cached container indexes, per files-API worker process", min=0, max=1 << 40)
-    registry_url: str = opt("", "redis://... where files-API instances announce themselves to routers; empty: only web.backends", check=_check_broker_url)
-    advertise_url: str = opt("", "files API: the base URL under which this instance announces itself in the registry", check=_check_optional_http_url)
+    registry_url: str = opt("", "redis://... where files-API instances announce themselves to routers; empty: only web.backends", check=check_broker_url)
+    advertise_url: str = opt("", "files API: the base URL under which this instance announces itself in the registry", check=check_optional_http_url)
     health_interval: int = opt(5, "router: seconds between health checks of each backend", min=1, max=3600)
-    index_cache_url: str = opt("", "redis://... for a cache of indexes shared by all workers; empty: none", check=_check_broker_url)
+    index_cache_url: str = opt("", "redis://... for a cache of indexes shared by all workers; empty: none", check=check_broker_url)
 
 
 @dataclass(frozen=True)
@@ -303,8 +157,8 @@ class Settings:
     mode: str = opt("name", "name (the marker writes names into the source table) or uid", choices=("name", "uid"))
     shard_bits: int = opt(8, "shards per date are 2**shard_bits", min=layout.MIN_SHARD_BITS, max=layout.MAX_SHARD_BITS)
     queue_count: int = opt(4, "per-range packer queues; a power of two <= 2**shard_bits", min=1, max=1 << layout.MAX_SHARD_BITS)
-    timezone: str = opt("UTC", "zone in which a created_at falls on a date; also the zone of created_at without an offset", check=_check_zone)
-    data_dir: str = opt("desq-data", "folder for the embedded default's broker messages, results and local state", check=_check_nonempty)
+    timezone: str = opt("UTC", "zone in which a created_at falls on a date; also the zone of created_at without an offset", check=check_zone)
+    data_dir: str = opt("desq-data", "folder for the embedded default's broker messages, results and local state", check=check_nonempty)
     source: SourceSettings = field(default_factory=SourceSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     state: StateSettings = field(default_factory=StateSettings)
@@ -567,17 +421,6 @@ def _cross_check(settings: Settings, origin: Callable[[str], str]) -> None:
 
 
 # --- presenting ------------------------------------------------------------------------------
-
-
-# ``scheme://[user]:password@``. The password is hidden up to the last "@": SQLAlchemy reads a
-# password up to the first "@" and lets it hold "/", "?" and "#", urllib (redis, kombu) up to the
-# last; hiding up to the last covers both.
-_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/]*:).*@")
-
-
-def hide_password(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***`` (anything else unchanged)."""
-    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
 
 
 def mask(option: Option, value: Any) -> Any:

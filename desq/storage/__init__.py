@@ -36,7 +36,7 @@ def open_storage(url: str, *, s3_endpoint_url: str = "", nodes: Sequence[str] = 
     """The backend for an archive url: ``s3://bucket/prefix``, ``file:///abs/path``, a plain path,
     or ``ec://K+M`` over ``nodes`` (each of the others, an s3:// one with ``?endpoint=URL`` allowed)."""
     if url.startswith("ec://"):
-        from desq.settings import ec_code
+        from desq.settings_checks import ec_code
         from desq.storage.ec import ECStorage
 
         try:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from crc32c import crc32c
-
 from desq.failpoints import failpoint
 from desq.storage.base import (
     InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload,
@@ -25,8 +23,8 @@ from desq.storage.base import (
 )
 from desq.storage.ec_codec import Codec
 from desq.storage.ec_format import (
-    Footer, FragmentError, Geometry, Segment, Version, fragment_key, new_version, open_blocks, parse_fragment_key, parse_marker_key,
-    seal_cell, version_time,
+    Footer, FragmentError, Geometry, Segment, Version, fragment_key, open_blocks, parse_fragment_key, parse_marker_key,
+    version_time,
 )
 
 T = TypeVar("T")
@@ -269,8 +267,10 @@ class ECStorage(Storage):
     # --- writes -----------------------------------------------------------------------------
 
     def open_upload(self, key: str, *, content_type: str | None = None, staged: bool = False) -> Upload:
+        from desq.storage.ec_write import CodedUpload
+
         check_key(key)
-        return _ECUpload(self, key, staged)
+        return CodedUpload(self, key, staged)
 
     def _mark(self, key: str, version: Version, on: Iterable[int]) -> list[int]:
         """Store the commit marker on nodes ``on``; the nodes that took it."""
@@ -412,131 +412,3 @@ class Leftover:
     superseded: bool
     marker: Version | None = None
     """Set when this is an old version's commit marker, not fragments."""
-
-
-class _ECUpload(Upload):
-    """Streams stripes to one upload per node; commits once K+1 fragments are stored, then marks."""
-
-    def __init__(self, ec: ECStorage, key: str, staged: bool) -> None:
-        self._ec = ec
-        self._key = key
-        self._staged = staged
-        self._version = new_version()
-        name = check_key(fragment_key(key, self._version))
-        check_key(Version(self._version, 0, ec.geometry.cell, ec.geometry.block).marker(key))
-        self._uploads: dict[int, Upload] = {}
-        self._failed: dict[int, str] = {}
-        for i, node in enumerate(ec.nodes):
-            try:
-                self._uploads[i] = node.open_upload(name, staged=staged)
-            except StorageError as exc:
-                self._failed[i] = exc.reason
-        self._buffer = bytearray()
-        self._length = 0
-        self._crc = 0
-        self._fragment_crcs = [0] * len(ec.nodes)
-        self._blocks = 0
-        self._done = False
-        self._enough()
-
-    def _what(self) -> str:
-        return f"writing {self._key!r} to {self._ec.url}"
-
-    def _enough(self) -> None:
-        if len(self._uploads) < self._ec.k + 1:
-            reasons = "; ".join(f"node {i}: {why}" for i, why in sorted(self._failed.items()))
-            self.abort()
-            raise StorageError(f"{self._what()}: only {len(self._uploads)} nodes take the write, {self._ec.k + 1} needed ({reasons})")
-
-    def _send(self, pieces: dict[int, bytes]) -> None:
-        uploads = self._uploads
-        for i, got in self._ec._each(lambda i: uploads[i].write(pieces[i]), list(uploads)).items():
-            if isinstance(got, BaseException):
-                self._drop(i, got)
-        self._enough()
-
-    def _drop(self, i: int, exc: BaseException) -> None:
-        self._failed[i] = getattr(exc, "reason", str(exc))
-        upload = self._uploads.pop(i)
-        try:
-            upload.abort()
-        except StorageError:
-            pass
-
-    def _stripe(self, data: bytes, cell: int) -> None:
-        ec = self._ec
-        block = ec.geometry.block
-        cells = [data[j * cell : (j + 1) * cell].ljust(cell, b"\0") for j in range(ec.k)]
-        cells += ec.codec.parity(cells)
-        pieces = {i: seal_cell(cells[i], self._version, i, self._blocks, block) for i in self._uploads}
-        for i, content in enumerate(cells):
-            self._fragment_crcs[i] = crc32c(content, self._fragment_crcs[i])
-        self._blocks += -(-cell // block)
-        self._send(pieces)
-
-    def write(self, data: bytes | memoryview) -> int:
-        if self._done:
-            raise StorageError(f"{self._what()}: the upload is already finished")
-        stripe = self._ec.geometry.stripe
-        self._buffer += data
-        self._length += len(data)
-        self._crc = crc32c(data, self._crc)
-        try:
-            while len(self._buffer) >= stripe:
-                chunk = bytes(self._buffer[:stripe])
-                del self._buffer[:stripe]
-                self._stripe(chunk, self._ec.geometry.cell)
-        except StorageError:
-            self.abort()
-            raise
-        return len(data)
-
-    def commit(self) -> ObjectInfo:
-        if self._done:
-            raise StorageError(f"{self._what()}: the upload is already finished")
-        ec = self._ec
-        geometry = ec.geometry
-        version = Version(self._version, self._length, geometry.cell, geometry.block)
-        try:
-            if self._buffer:
-                self._stripe(bytes(self._buffer), geometry.cell_size(self._length, geometry.stripes(self._length) - 1))
-                self._buffer = bytearray()
-            footers = {i: Footer(ec.k, ec.m, i, geometry.cell, geometry.block, self._length, self._version, self._crc, self._fragment_crcs[i]).pack()
-                       for i in self._uploads}
-            self._send(footers)
-            uploads = self._uploads
-            def store(i: int) -> None:
-                uploads[i].commit()
-                failpoint("ec.fragment_stored")
-            committed = ec._each(store, list(uploads))
-            stored = [i for i, got in committed.items() if not isinstance(got, BaseException)]
-            for i, got in committed.items():
-                if isinstance(got, BaseException):
-                    self._failed[i] = getattr(got, "reason", str(got))
-            self._uploads = {}
-            if len(stored) < ec.k + 1:
-                ec._each(lambda i: ec.nodes[i].delete(fragment_key(self._key, self._version)), stored)
-                reasons = "; ".join(f"node {i}: {why}" for i, why in sorted(self._failed.items()))
-                raise StorageError(f"{self._what()}: only {len(stored)} fragments stored, {ec.k + 1} needed ({reasons})")
-            marked = ec._mark(self._key, version, range(len(ec.nodes)))
-            if len(marked) < ec.k + 1:
-                ec._each(lambda i: ec.nodes[i].delete(version.marker(self._key)), marked)
-                ec._each(lambda i: ec.nodes[i].delete(fragment_key(self._key, self._version)), stored)
-                raise StorageError(f"{self._what()}: only {len(marked)} nodes took the commit marker, {ec.k + 1} needed")
-        except StorageError:
-            self.abort()
-            raise
-        self._done = True
-        if not self._staged:
-            ec._drop_others(self._key, version)
-        return ec._info(self._key, version)
-
-    def abort(self) -> None:
-        self._done = True
-        self._buffer = bytearray()
-        uploads, self._uploads = self._uploads, {}
-        for upload in uploads.values():
-            try:
-                upload.abort()
-            except StorageError:
-                pass
