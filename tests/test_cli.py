@@ -150,3 +150,22 @@ def test_config_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_in_process(capsys, "--version")
     assert code == 0 and out.startswith("desq, version ")
+
+
+def test_repair_is_for_an_erasure_coded_archive(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DESQ_ARCHIVE_URL", str(tmp_path / "plain"))
+    code, _, err = run_in_process(capsys, "repair", "--all")
+    assert code == 1 and err.strip().endswith("is not one") and "ec://K+M" in err and err.count("\n") == 1
+    assert run_in_process(capsys, "repair")[0] == 2
+    assert run_in_process(capsys, "repair", "--all", "20251120/00.des")[0] == 2
+
+
+def test_repair_and_verify_of_a_container_that_is_not_there(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import json
+
+    monkeypatch.setenv("DESQ_ARCHIVE_URL", "ec://2+1")
+    monkeypatch.setenv("DESQ_ARCHIVE_NODES", json.dumps([str(tmp_path / f"n{i}") for i in range(3)]))
+    code, out, err = run_in_process(capsys, "repair", "20251120/00.des")
+    assert (code, out) == (1, "") and "no object '20251120/00.des' in ec://2+1" in err and err.count("\n") == 1
+    code, out, err = run_in_process(capsys, "verify", "--all")
+    assert code == 0 and "fragments of 0 object(s) checked, 0 missing or damaged" in err

@@ -7,6 +7,8 @@ HEAD, hostile names, a corrupted member; the storage requests of a warm read, re
 from __future__ import annotations
 
 import http.client
+import json
+import shutil
 import os
 import re
 import socket
@@ -20,6 +22,7 @@ import pytest
 
 from desq.settings import load_settings
 from desq.storage import Storage
+from desq.storage.ec import ECStorage
 from desq.storage.local import LocalStorage
 from desq.storage.s3 import S3Storage
 from archives import pack
@@ -40,12 +43,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+@pytest.fixture(params=["local", "ec", pytest.param("s3", marks=pytest.mark.integration)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Storage]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESQ_")}
     if request.param == "local":
         storage: Storage = LocalStorage(tmp_path / "archive")
         env["DESQ_ARCHIVE_URL"] = str(tmp_path / "archive")
+    elif request.param == "ec":  # the gevent worker reading through the coded backend's thread pools
+        nodes = [str(tmp_path / f"node{i}") for i in range(6)]
+        storage = ECStorage([LocalStorage(node) for node in nodes], 4, 2)
+        env |= {"DESQ_ARCHIVE_URL": "ec://4+2", "DESQ_ARCHIVE_NODES": json.dumps(nodes)}
     else:
         endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("s3_bucket")
         storage = S3Storage(f"s3://{bucket}/desq", endpoint_url=endpoint)
@@ -134,3 +141,24 @@ def test_a_corrupted_member_is_500_without_its_bytes(server: tuple[int, Storage]
     storage.put(key, bytes(data))  # replaced: the cached index is stale, and the bytes are bad
     status, headers, body = get(port, "/files/20251120_7")
     assert status == 500 and b"integrity_error" in body and b"even" not in body
+
+
+@pytest.mark.parametrize("server", ["ec"], indirect=True)
+def test_two_lost_nodes_of_a_coded_archive_cost_no_file(server: tuple[int, Storage]) -> None:
+    port, storage = server
+    assert isinstance(storage, ECStorage)
+    for node in (storage.nodes[0], storage.nodes[3]):
+        shutil.move(node.root, f"{node.root}.away")
+    for name, data in FILES.items():
+        assert get(port, f"/files/{name}")[:3:2] == (200, data), name
+    status, headers, body = get(port, "/files/20251120_42", Range="bytes=1000-1999")
+    assert (status, body) == (206, FILES["20251120_42"][1000:2000])
+    metrics = get(port, "/metrics")[2].decode()
+    assert float(re.search(r"^desq_ec_degraded_reads_total ([0-9.e+]+)$", metrics, flags=re.M).group(1)) > 0
+    assert re.search(r'^desq_ec_fragment_errors_total\{kind="missing"\} [1-9]', metrics, flags=re.M)
+    ready = get(port, "/readyz")
+    assert ready[0] == 200 and len(json.loads(ready[2])["nodes_down"]) == 2
+    shutil.move(f"{storage.nodes[1].root}", f"{storage.nodes[1].root}.away")
+    assert get(port, "/readyz")[0] == 503
+    status, headers, body = get(port, "/files/20251120_7")
+    assert status == 503 and b"seven" not in body

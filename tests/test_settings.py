@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -315,3 +316,37 @@ def test_s3_credentials_are_never_shown(tmp_path: Path) -> None:
 def test_readme_table_matches_the_schema() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert markdown_table() in readme, "README.md's configuration table is stale: paste `desq config --markdown`"
+
+
+# --- the erasure-coded archive: ec://K+M and its nodes ----------------------------------------
+
+SIX = ["/srv/a", "file:///srv/b", "rel/c", "s3://desq-d/x", "s3://desq-e/y?endpoint=http://127.0.0.1:9000", "s3://desq-f"]
+
+
+def test_an_erasure_coded_archive_takes_exactly_k_plus_m_nodes(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[archive]\nurl = "ec://4+2"\nnodes = {json.dumps(SIX)}\n')
+    assert load_settings(path).archive.nodes == tuple(SIX)
+    assert load_settings(env={"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a, b"}).archive.nodes == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"DESQ_ARCHIVE_URL": "ec://4+2"}, "archive.nodes: ec://4+2 needs exactly 6 nodes, 0 given"),
+        ({"DESQ_ARCHIVE_URL": "ec://4+2", "DESQ_ARCHIVE_NODES": json.dumps(SIX[:5])}, "needs exactly 6 nodes, 5 given"),
+        ({"DESQ_ARCHIVE_URL": "ec://0+2"}, "need K >= 1, M >= 1 and K + M <= 64"),
+        ({"DESQ_ARCHIVE_URL": "ec://40+40"}, "need K >= 1, M >= 1 and K + M <= 64"),
+        ({"DESQ_ARCHIVE_URL": "ec://4"}, "'ec://4' is not ec://K+M (e.g. ec://4+2)"),
+        ({"DESQ_ARCHIVE_URL": "ec://4+2/x"}, "is not ec://K+M"),
+        ({"DESQ_ARCHIVE_NODES": "a"}, "nodes are for an erasure-coded archive"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a, a"}, "lists a node twice"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a, ec://1+1"}, "not another ec:// archive"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a, s3://B_ad/x"}, "is not a valid bucket name"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a, s3://desq-x/p?region=eu"}, "only ?endpoint=http(s)://host:port"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a, s3://desq-x/p?endpoint=ftp://h"}, "is not an http(s) URL"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "a?endpoint=http://h:1, b"}, "only s3:// nodes take a query"),
+        ({"DESQ_ARCHIVE_URL": "ec://1+1", "DESQ_ARCHIVE_NODES": "file://rel, b"}, "a file URL must be absolute"),
+    ],
+)
+def test_bad_erasure_coded_archives(env: dict[str, str], words: str) -> None:
+    assert words in error_of(env=env)
