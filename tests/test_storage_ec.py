@@ -250,3 +250,18 @@ def test_a_big_object_streams_in_bounded_memory(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert peak < 40 * MiB  # a stripe (4 MiB), its parity and sealed copies, one 8 MiB chunk read: not the object
     assert b"".join(ec.iter_read("big", 0, len(blob))) == blob
+
+
+def test_a_forked_child_reads_with_threads_of_its_own(tmp_path: Path) -> None:
+    """A Celery prefork child inherits the storage its parent built; the parent's threads stay behind."""
+    ec = ec_over(tmp_path)
+    blob = os.urandom(300_000)
+    ec.put("c.des", blob)
+    assert ec.read("c.des", 0, len(blob)) == blob  # the parent's pools exist now
+    child = os.fork()
+    if child == 0:
+        import signal
+
+        signal.alarm(30)
+        os._exit(0 if ec.read("c.des", 0, len(blob)) == blob else 1)
+    assert os.waitpid(child, 0)[1] == 0

@@ -8,6 +8,7 @@ degraded: the same byte range from any K other fragments, decoded. Nodes are ask
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -77,13 +78,20 @@ class ECStorage(Storage):
         self.url = f"ec://{k}+{m}"
         self.codec = Codec(k, m)
         self.events = Events(on_event)
-        self._pool = ThreadPoolExecutor(max_workers=4 * (k + m), thread_name_prefix="desq-ec-node")
-        """Requests to nodes; nothing run here waits on this pool again."""
-        self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="desq-ec-read")
-        """The segments of one read that spans cells (each may use the node pool)."""
+        self._pools: tuple[int, ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._down_until = [0.0] * (k + m)
 
     # --- nodes ------------------------------------------------------------------------------
+
+    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """The pool for requests to nodes (nothing run there waits on it again) and the pool for
+        the segments of a read that spans cells; made again in a forked child (a Celery pool
+        process), whose copies of the parent's threads do not exist."""
+        pools = self._pools
+        if pools is None or pools[0] != os.getpid():
+            n = len(self.nodes)
+            pools = self._pools = (os.getpid(), ThreadPoolExecutor(4 * n, "desq-ec-node"), ThreadPoolExecutor(16, "desq-ec-read"))
+        return pools[1], pools[2]
 
     def _each(self, fn: Callable[[int], T], indices: Iterable[int]) -> dict[int, T | BaseException]:
         """``fn(i)`` for every node index, in parallel: its result, or the exception it raised."""
@@ -97,7 +105,7 @@ class ECStorage(Storage):
 
         if len(order) == 1:
             return {order[0]: run(order[0])}
-        return dict(zip(order, self._pool.map(run, order)))
+        return dict(zip(order, self._executors()[0].map(run, order)))
 
     def _note_down(self, i: int, exc: BaseException) -> None:
         if _kind(exc) == "unreachable":
@@ -243,7 +251,7 @@ class ECStorage(Storage):
         segments = self._geometry(version).segments(version.length, offset, length)
         if len(segments) == 1:
             return self._segment(key, version, segments[0])
-        return b"".join(self._reads.map(lambda s: self._segment(key, version, s), segments))
+        return b"".join(self._executors()[1].map(lambda s: self._segment(key, version, s), segments))
 
     def read_suffix(self, key: str, length: int, *, if_match: str | None = None) -> tuple[bytes, ObjectInfo]:
         version = self._pinned(key, if_match)
