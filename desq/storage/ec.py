@@ -325,15 +325,16 @@ class ECStorage(Storage):
         return self._info(key, version)
 
     def delete(self, key: str) -> None:
+        """Markers first, then fragments, on every node that answers (a node that does not keeps
+        its own until the object is deleted again: it shows as unreadable meanwhile)."""
         check_key(key)
         keys, failed = self._listing(f"{key}~")
         mine = {i: sorted((k for k in node_keys if (p := parse_marker_key(k) or parse_fragment_key(k)) and p[0] == key), key=lambda k: parse_marker_key(k) is None)
                 for i, node_keys in keys.items()}
         gone = self._each(lambda i: [self.nodes[i].delete(k) for k in mine[i]], [i for i in mine if mine[i]])
         failed.update({i: exc for i, exc in gone.items() if isinstance(exc, BaseException)})
-        if failed:
-            raise StorageUnavailable(f"deleting {key!r}: some nodes did not answer; their fragments stay until `desq recover`",
-                                     reason="some nodes did not answer")
+        if len(failed) > self.m:  # the object may still be whole on the nodes that did not answer
+            raise self._unlisted(f"deleting {key!r}", failed)
 
     # --- listing ----------------------------------------------------------------------------
 
