@@ -238,14 +238,15 @@ class Checker:
 # --- pack_shard -----------------------------------------------------------------------------------
 
 
-def pack_plan(rng: random.Random, kills: int) -> list[tuple[str, int]]:
-    """``kills`` (point, hit) entries: every point in turn, in a shuffled order, at a random hit."""
+def pack_plan(rng: random.Random, kills: int, highest: dict[str, int] = PACK_POINTS) -> list[tuple[str, int]]:
+    """``kills`` (point, hit) entries: every point of ``highest`` in turn, in a shuffled order, at
+    a random hit up to its own highest."""
     points: list[str] = []
     while len(points) < kills:
-        batch = list(PACK_POINTS)
+        batch = list(highest)
         rng.shuffle(batch)
         points += batch
-    return [(point, rng.randint(1, PACK_POINTS[point])) for point in points[:kills]]
+    return [(point, rng.randint(1, highest[point])) for point in points[:kills]]
 
 
 def test_packers_killed_at_random_points_lose_nothing(tmp_path: Path, redis_url: str, pg_url: str, s3_endpoint: str, s3_bucket: str) -> None:
