@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from desq.storage import NotFound, Storage, StorageError, StorageUnavailable
+from desq.storage import Storage, StorageError, StorageUnavailable
 from desq.storage.ec import ECStorage
-from desq.storage.ec_format import FOOTER_SIZE, Geometry, Version, fragment_key
+from desq.storage.ec_format import FOOTER_SIZE, Version, fragment_key, parse_fragment_key
 from desq.storage.local import LocalStorage
 from desq.storage.s3 import S3Storage
 from storage_conformance import StorageConformance
@@ -181,22 +180,53 @@ def test_a_replaced_object_refuses_reads_pinned_to_the_old_one(tmp_path: Path) -
         ec.read("c.des", 0, 10, if_match="3f2a-deadbeef")  # not an erasure-coded version at all
 
 
-def test_a_killed_write_is_invisible_and_recover_clears_it(tmp_path: Path) -> None:
+def killed_before_its_marker(ec: ECStorage, key: str, data: bytes, monkeypatch: pytest.MonkeyPatch) -> Version:
+    """Write ``key`` and die after its fragments were stored, before any commit marker."""
+    class Killed(BaseException):
+        pass
+
+    def die(*_: object) -> list[int]:
+        raise Killed
+    upload = ec.open_upload(key)
+    upload.write(data)
+    with monkeypatch.context() as patch:
+        patch.setattr(ECStorage, "_mark", die)
+        with pytest.raises(Killed):
+            upload.commit()
+    [(_, version)] = [parsed for name in os.listdir(ec.nodes[0].root) if (parsed := parse_fragment_key(name)) and parsed[0] == key and
+                      fragment_key(key, parsed[1]) not in {fragment_key(key, v.id) for v in ec.marked(key)}]
+    return Version(version, len(data), ec.geometry.cell, ec.geometry.block)
+
+
+def test_a_write_killed_before_k_plus_1_fragments_is_invisible_and_recover_clears_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ec = ec_over(tmp_path)
     ec.put("c.des", b"old" * 1000)
-    upload = ec.open_upload("c.des")
-    upload.write(os.urandom(100_000))
-    # the process dies here, after its fragments were committed but before the marker
-    for i, node_upload in upload._uploads.items():  # noqa: SLF001 - simulating the moment of a kill
-        node_upload.commit()
-    upload._uploads = {}  # noqa: SLF001
+    version = killed_before_its_marker(ec, "c.des", os.urandom(100_000), monkeypatch)
+    for i in (0, 5):  # the kill came after 4 of its 6 fragments: K, not K+1
+        ec.nodes[i].delete(fragment_key("c.des", version.id))
     assert ec.read("c.des", 0, 3) == b"old" and ec.head("c.des").size == 3000
     assert [p.key for p in ec.uploads()] == ["c.des"]
     assert ec.abort_stale_uploads(3600) == 0  # too young: it could be a packer still writing
     assert ec.abort_stale_uploads(0) == 1
     assert list(ec.uploads()) == [] and ec.read("c.des", 0, 3) == b"old"
-    assert sorted(p.name for p in (tmp_path / "node0").iterdir()) == [fragment_key("c.des", Version.from_etag(ec.head("c.des").etag).id),
-                                                                       Version.from_etag(ec.head("c.des").etag).marker("c.des")]
+    current = Version.from_etag(ec.head("c.des").etag)
+    assert sorted(p.name for p in (tmp_path / "node1").iterdir()) == sorted([fragment_key("c.des", current.id), current.marker("c.des")])
+
+
+def test_a_write_killed_after_k_plus_1_fragments_is_committed_and_recover_marks_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ec = ec_over(tmp_path)
+    ec.put("c.des", b"old" * 1000)
+    new = os.urandom(100_000)
+    version = killed_before_its_marker(ec, "c.des", new, monkeypatch)
+    ec.nodes[2].delete(fragment_key("c.des", version.id))  # 5 of 6 stored: K+1, its data whole
+    assert ec.read("c.des", 0, 3) == b"old"  # readers see the marked version until recover runs
+    ec.abort_stale_uploads(3600)
+    assert ec.read("c.des", 0, 3) == b"old"  # too young: its writer may be marking it right now
+    ec.abort_stale_uploads(0)
+    assert ec.head("c.des").etag == version.etag and ec.read("c.des", 0, len(new)) == new
+    assert list(ec.leftovers()) == []
+    [(key, current, marked)] = objects(ec)
+    assert [p.line() for p in check(ec, key, current, marked)] == [f"BAD c.des: fragment 2 on {ec.nodes[2].url}: missing"]
 
 
 def test_a_write_with_fewer_than_k_plus_1_nodes_fails_and_leaves_nothing(tmp_path: Path) -> None:

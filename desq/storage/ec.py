@@ -263,13 +263,18 @@ class ECStorage(Storage):
 
     def footer(self, i: int, key: str, version: Version) -> Footer:
         """Fragment ``i``'s footer, checked against the version it should belong to."""
-        data, info = self.nodes[i].read_suffix(fragment_key(key, version.id), 4096)
-        geometry = self._geometry(version)
-        if info.size != geometry.stored_size(version.length):
-            raise FragmentError(f"{info.size} bytes stored, {geometry.stored_size(version.length)} expected")
+        footer = self._footer_of(i, key, version.id)
+        if footer.length != version.length or (footer.cell, footer.block) != (version.cell, version.block):
+            raise FragmentError(f"its footer says {footer.length} bytes in cells of {footer.cell}, its marker {version.length} in {version.cell}")
+        return footer
+
+    def _footer_of(self, i: int, key: str, version: bytes) -> Footer:
+        data, info = self.nodes[i].read_suffix(fragment_key(key, version), 4096)
         footer = Footer.parse(data[-128:])
-        if (footer.version, footer.index, footer.length, footer.k, footer.m) != (version.id, i, version.length, self.k, self.m):
-            raise FragmentError(f"its footer names fragment {footer.index} of another object or version")
+        if (footer.version, footer.index, footer.k, footer.m) != (version, i, self.k, self.m):
+            raise FragmentError(f"its footer names fragment {footer.index} of {footer.k}+{footer.m} of another version")
+        if info.size != footer.geometry().stored_size(footer.length):
+            raise FragmentError(f"{info.size} bytes stored, {footer.geometry().stored_size(footer.length)} expected")
         return footer
 
     # --- writes -----------------------------------------------------------------------------
@@ -393,9 +398,37 @@ class ECStorage(Storage):
             if not left.superseded:
                 yield PendingUpload(key=left.key, started=datetime.fromtimestamp(version_time(left.version), timezone.utc))
 
+    def roll_forward(self, older_than_seconds: float, prefix: str = "") -> list[str]:
+        """Finish the commits that writers were killed in; the keys whose markers were stored.
+
+        A version with K+1 fragments stored is committed, marked or not (its data is whole): the
+        current version gets its marker on every node that lacks it, so that no single lost node
+        hides it; a newer version never marked (a kill between its fragments and its marker),
+        once older than ``older_than_seconds``, gets its markers and becomes the current one."""
+        marked, fragments = self._versions(prefix)
+        cutoff = time.time() - older_than_seconds
+        done: list[str] = []
+        for key in sorted(set(marked) | set(fragments)):
+            versions = marked.get(key, {})
+            current = max(versions) if versions else None
+            if current is not None and len(versions[current]) < len(self.nodes):
+                self._mark(key, current, [i for i in range(len(self.nodes)) if i not in versions[current]])
+                done.append(key)
+            for vid, holders in sorted(fragments.get(key, {}).items(), reverse=True):
+                if (current is not None and vid <= current.id) or len(holders) < self.k + 1 or version_time(vid) >= cutoff:
+                    continue
+                found = self._each(lambda i: self._footer_of(i, key, vid), sorted(holders))
+                footer = next((f for f in found.values() if isinstance(f, Footer)), None)
+                if footer is not None:
+                    self._mark(key, Version(vid, footer.length, footer.cell, footer.block), range(len(self.nodes)))
+                    done.append(key)
+                    break
+        return done
+
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
-        """Abort the nodes' abandoned uploads, delete killed writes' fragments older than this
-        and every superseded version's."""
+        """Abort the nodes' abandoned uploads, finish the commits writers were killed in
+        (``roll_forward``), delete killed writes' fragments older than this (fewer than K+1) and
+        every superseded version's."""
         cutoff = time.time() - older_than_seconds
         stale = {parsed for node in self.nodes for pending in node.uploads()
                  if pending.started is None or pending.started.timestamp() < cutoff
@@ -403,6 +436,7 @@ class ECStorage(Storage):
         for node in self.nodes:
             node.abort_stale_uploads(older_than_seconds)
         aborted = len(stale)
+        self.roll_forward(older_than_seconds)
         for left in list(self.leftovers()):
             if left.superseded or version_time(left.version) < cutoff:
                 name = left.marker.marker(left.key) if left.marker else fragment_key(left.key, left.version)

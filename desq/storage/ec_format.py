@@ -13,10 +13,11 @@ checksum are known only once a streamed write ends; one suffix read fetches it).
 
 Fragments of version ``v`` of ``key`` are stored as ``key~v`` on node ``index``. A version id
 never names two contents, so replacing an object writes new fragments beside the old ones and a
-pinned read never sees a mix. Once K+1 fragments are durably stored the writer commits the
-version by storing an empty *marker* ``key~v~L-cell-block`` on every node; readers see the newest
-marked version (its length and geometry are in the marker's name, so a listing is enough to open
-it). Fragments no marker names are a killed write's, invisible; ``recover`` clears them.
+pinned read never sees a mix. A version is committed once K+1 of its fragments are durably
+stored; the writer then records that with an empty *marker* ``key~v~L-cell-block`` on every node.
+Readers see the newest marked version (its length and geometry are in the marker's name, so a
+listing is enough to open it). A write killed before K+1 fragments is invisible and ``recover``
+clears it; one killed after them but before its markers is whole, and ``recover`` marks it.
 """
 
 from __future__ import annotations
