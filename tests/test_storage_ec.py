@@ -295,3 +295,20 @@ def test_a_forked_child_reads_with_threads_of_its_own(tmp_path: Path) -> None:
         signal.alarm(30)
         os._exit(0 if ec.read("c.des", 0, len(blob)) == blob else 1)
     assert os.waitpid(child, 0)[1] == 0
+
+
+def test_fsck_identifies_a_fragment_from_its_own_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from desq.cli import run
+
+    ec = ec_over(tmp_path)
+    ec.put("20251120/FE.des", os.urandom(70_000))
+    path = fragment_file(tmp_path, 5, ec, "20251120/FE.des")
+    assert run(["fsck", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fragment 5 of 4+2 (parity) of version" in out and "object of 70,000 bytes" in out and out.endswith(f"ok  {path}\n")
+    flip(path, 3000)
+    assert run(["fsck", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert f"BAD {path}: block 2 fails its checksum" in captured.out and "damaged fragment: 1 problem(s)" in captured.err
+    path.write_bytes(path.read_bytes()[:-200] + path.read_bytes()[-128:])
+    assert run(["fsck", str(path)]) == 1 and "expected" in capsys.readouterr().out

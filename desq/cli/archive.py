@@ -183,7 +183,20 @@ def repair(settings: Settings, containers: tuple[str, ...], everything: bool, jo
 @click.option("--salvage", "out", metavar="OUT", help="Write every member still provably intact into a new container OUT.")
 @needs_settings
 def fsck(settings: Settings, container: str, out: str | None) -> None:
-    """Check a container; with --salvage, rebuild what can be proven intact into OUT."""
+    """Check a container; with --salvage, rebuild what can be proven intact into OUT. A fragment
+    file of an erasure-coded archive's node is identified and checked from its own bytes."""
+    from desq.storage.ec_repair import identify
+
+    fragment = identify(container) if Path(container).is_file() and not out else None
+    if fragment is not None:
+        what, bad = fragment
+        click.echo(f"{container}: {what}")
+        for problem in bad:
+            click.echo(f"BAD {container}: {problem}")
+        if bad:
+            raise DesqError(f"{container} is a damaged fragment: {len(bad)} problem(s)")
+        click.echo(f"ok  {container}")
+        return
     problems, _, version = _check(settings, container)
     path = container
     salvaged = ""

@@ -9,6 +9,7 @@ each rebuilt fragment atomically under its own name, so readers never see a half
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from crc32c import crc32c
 
 from desq.storage.base import StorageError, Upload
 from desq.storage.ec import ECStorage, _kind
-from desq.storage.ec_format import Footer, FragmentError, Version, fragment_key, seal_cell
+from desq.storage.ec_format import FOOTER_SIZE, Footer, FragmentError, Version, fragment_key, open_blocks, parse_fragment_key, seal_cell
 
 CHECK_CHUNK = 64
 """Blocks a check reads from a fragment per request."""
@@ -192,3 +193,42 @@ def repair_many(ec: ECStorage, keys: Iterable[str] = (), jobs: int = 2) -> Itera
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ec-repair") as pool:
         yield from pool.map(one, objects(ec, keys))
+
+
+def identify(path: str) -> tuple[str, list[str]] | None:
+    """What a fragment file on a node is, from its own bytes only (no index, no other node): a
+    line naming its object and place, and one line a problem (bad blocks, a wrong checksum).
+    None when the file is no fragment."""
+    parsed = parse_fragment_key(os.path.basename(path))
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < FOOTER_SIZE:
+            return None
+        fh.seek(size - FOOTER_SIZE)
+        try:
+            footer = Footer.parse(fh.read(FOOTER_SIZE))
+        except FragmentError:
+            return None
+        geometry = footer.geometry()
+        what = (f"fragment {footer.index} of {footer.k}+{footer.m} ({'data' if footer.index < footer.k else 'parity'}) of version "
+                f"{footer.version.hex()}: object of {footer.length:,} bytes, CRC32C {footer.object_crc:08x}, "
+                f"cells of {footer.cell:,}, blocks of {footer.block:,}")
+        problems: list[str] = []
+        if parsed is not None and parsed[1] != footer.version:
+            problems.append(f"its name says version {parsed[1].hex()}, its footer {footer.version.hex()}")
+        if size != geometry.stored_size(footer.length):
+            problems.append(f"{size:,} bytes, {geometry.stored_size(footer.length):,} expected")
+            return what, problems
+        length, crc = geometry.fragment_length(footer.length), 0
+        fh.seek(0)
+        for number in range(-(-length // footer.block)):
+            body = min(footer.block, length - number * footer.block)
+            stored = fh.read(body + 4)
+            span = geometry.blocks(length, number * footer.block, body)
+            try:
+                crc = crc32c(open_blocks(stored, span, footer.block, footer.version, footer.index), crc)
+            except FragmentError as exc:
+                problems.append(str(exc))
+        if not problems and crc != footer.fragment_crc:
+            problems.append("its cells do not match the checksum in its footer")
+        return what, problems
