@@ -80,6 +80,7 @@ class ECStorage(Storage):
         self.events = Events(on_event)
         self._pools: tuple[int, ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._down_until = [0.0] * (k + m)
+        self._failed_at = [float("-inf")] * (k + m)
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class ECStorage(Storage):
         return dict(zip(order, self._executors()[0].map(run, order)))
 
     def _note_down(self, i: int, exc: BaseException) -> None:
+        self._failed_at[i] = time.monotonic()  # asked last by degraded reads for a while (a node folder gone: NotFound each time)
         if _kind(exc) == "unreachable":
             self._down_until[i] = time.monotonic() + DOWN_SECONDS
 
@@ -168,6 +170,8 @@ class ECStorage(Storage):
         return ObjectInfo(key=key, size=version.length, etag=version.etag, modified=datetime.fromtimestamp(version.started, timezone.utc))
 
     def _geometry(self, version: Version) -> Geometry:
+        if (version.cell, version.block) == (self.geometry.cell, self.geometry.block):
+            return self.geometry
         try:
             return Geometry(self.k, self.m, version.cell, version.block)
         except ValueError as exc:
@@ -206,8 +210,8 @@ class ECStorage(Storage):
     def gather(self, key: str, version: Version, at: int, size: int, failed: dict[int, BaseException]) -> dict[int, bytes]:
         """Fragment range [at, at + size) from K fragments not in ``failed`` (which gets those
         that fail on the way); the error of ``_unreadable`` when fewer than K can be read."""
-        rest = [i for i in range(len(self.nodes)) if i not in failed]
-        candidates = [i for i in rest if self._up(i)] + [i for i in rest if not self._up(i)]
+        rest = sorted((i for i in range(len(self.nodes)) if i not in failed), key=lambda i: (not self._up(i), self._failed_at[i] > time.monotonic() - DOWN_SECONDS))
+        candidates = rest
         have: dict[int, bytes] = {}
         while len(have) < self.k and candidates:
             batch, candidates = candidates[: self.k - len(have)], candidates[self.k - len(have) :]

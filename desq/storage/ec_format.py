@@ -22,6 +22,7 @@ clears it; one killed after them but before its markers is whole, and ``recover`
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -173,7 +174,7 @@ def open_blocks(stored: bytes, span: BlockSpan, block: int, version: bytes, inde
         data += body
         number += 1
         at += block + 4
-    return bytes(data[span.skip : span.skip + span.size])
+    return bytes(memoryview(data)[span.skip : span.skip + span.size])  # one copy, not two
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,13 +272,18 @@ class Version:
     @classmethod
     def from_etag(cls, etag: str) -> Version | None:
         """The version an ETag names; None if it is not an erasure-coded object's."""
-        match = _ETAG.fullmatch(etag)
-        return None if match is None else cls._of(match.groups())
+        return _version_of_etag(etag)
 
     @classmethod
     def _of(cls, groups: tuple[str, ...]) -> Version:
         version, length, cell, block = groups
         return cls(bytes.fromhex(version), int(length, 16), int(cell, 16), int(block, 16))
+
+
+@functools.lru_cache(maxsize=4096)
+def _version_of_etag(etag: str) -> Version | None:
+    match = _ETAG.fullmatch(etag)
+    return None if match is None else Version._of(match.groups())
 
 
 def parse_marker_key(node_key: str) -> tuple[str, Version] | None:

@@ -228,11 +228,11 @@ class LocalStorage(Storage):
             raise StorageError(f"cannot delete {key!r}: {_why(exc)}") from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        folder = prefix.rpartition("/")[0]
+        folder, _, name = prefix.rpartition("/")
         start = self.root.joinpath(*folder.split("/")) if folder else self.root
         if folder:
             check_key(folder)
-        for key in sorted(key for key in self._walk(start) if key.startswith(prefix)):
+        for key in sorted(key for key in self._walk(start, name) if key.startswith(prefix)):
             stat = self._stat(key)
             if stat is not None:
                 yield _info(key, stat)
@@ -253,14 +253,16 @@ class LocalStorage(Storage):
             if any(key.startswith(prefix) and self._stat(key) is not None for key in self._walk(self.root / name)):
                 yield name
 
-    def _walk(self, start: Path) -> Iterator[str]:
-        """The keys of the files under ``start``, unsorted, skipping uploads in progress (and
-        not following links to folders)."""
+    def _walk(self, start: Path, first: str = "") -> Iterator[str]:
+        """The keys of the files under ``start`` whose name there starts with ``first`` (and
+        everything below such folders), unsorted, skipping uploads in progress (and not
+        following links to folders)."""
         for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
+            top = dirpath == str(start)
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX) and (not top or d.startswith(first))]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
-                if not name.startswith(TEMP_PREFIX):
+                if not name.startswith(TEMP_PREFIX) and (not top or name.startswith(first)):
                     yield name if rel == "." else f"{rel}/{name}"
 
     def _stat(self, key: str) -> os.stat_result | None:
