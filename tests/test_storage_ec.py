@@ -312,3 +312,21 @@ def test_fsck_identifies_a_fragment_from_its_own_bytes(tmp_path: Path, capsys: p
     assert f"BAD {path}: block 2 fails its checksum" in captured.out and "damaged fragment: 1 problem(s)" in captured.err
     path.write_bytes(path.read_bytes()[:-200] + path.read_bytes()[-128:])
     assert run(["fsck", str(path)]) == 1 and "expected" in capsys.readouterr().out
+
+
+def test_a_publish_killed_midway_is_finished_by_recover(tmp_path: Path) -> None:
+    """Killed after renaming 5 of 6 fragments, before any marker: the version is committed (K+1
+    stored) and its last fragment is still under the staging key; recover renames and marks it."""
+    ec = ec_over(tmp_path)
+    ec.put("c.des", b"old" * 1000)
+    new = os.urandom(90_000)
+    with ec.open_upload("c.des.staging-1", staged=True) as upload:
+        upload.write(new)
+        version = Version.from_etag(upload.commit().etag)
+    for node in ec.nodes[:5]:
+        node.publish(fragment_key("c.des.staging-1", version.id), fragment_key("c.des", version.id))
+    fresh = ec_over(tmp_path)  # the packer died: what it remembered is gone
+    assert fresh.read("c.des", 0, 3) == b"old"
+    fresh.abort_stale_uploads(0)
+    assert fresh.read("c.des", 0, len(new)) == new and list(fresh.leftovers()) == [] and [i.key for i in fresh.list()] == ["c.des"]
+    assert [p.line() for key, current, marked in objects(fresh) for p in check(fresh, key, current, marked)] == []

@@ -81,6 +81,8 @@ class ECStorage(Storage):
         self._pools: tuple[int, ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._down_until = [0.0] * (k + m)
         self._failed_at = [float("-inf")] * (k + m)
+        self._staged: dict[str, Version] = {}
+        """Staged writes of this process not yet published: their versions (they have no marker)."""
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -152,6 +154,9 @@ class ECStorage(Storage):
 
     def _current(self, key: str) -> Version:
         """The version readers see now; NotFound if there is none."""
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged
         found = self.marked(key)
         if not found:
             raise NotFound(f"no object {key!r} in {self.url}")
@@ -313,7 +318,8 @@ class ECStorage(Storage):
 
     def publish(self, staging: str, key: str) -> ObjectInfo:
         """Rename each fragment of the staged version; mark it under ``key`` once K+1 are there."""
-        version = self._current(staging)
+        remembered = self._staged.pop(staging, None)
+        version = remembered or self._current(staging)
         check_key(fragment_key(key, version.id))
         def move(i: int) -> None:
             self.nodes[i].publish(fragment_key(staging, version.id), fragment_key(key, version.id))
@@ -322,21 +328,27 @@ class ECStorage(Storage):
         there = [i for i, got in moved.items() if not isinstance(got, BaseException)]
         if len(there) < self.k + 1:
             self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
+            if remembered is not None:
+                self._staged[staging] = remembered
             reasons = "; ".join(f"node {i}: {getattr(exc, 'reason', exc)}" for i, exc in moved.items() if isinstance(exc, BaseException))
             raise StorageError(f"publishing {staging!r} as {key!r}: only {len(there)} fragments moved, {self.k + 1} needed ({reasons})")
         marked = self._mark(key, version, range(len(self.nodes)))
         if len(marked) < self.k + 1:
             self._each(lambda i: self.nodes[i].delete(version.marker(key)), marked)
             self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
+            if remembered is not None:
+                self._staged[staging] = remembered
             raise StorageError(f"publishing {staging!r} as {key!r}: only {len(marked)} nodes took the commit marker, {self.k + 1} needed")
         self._drop_others(key, version)
-        self._each(lambda i: self.nodes[i].delete(version.marker(staging)), range(len(self.nodes)))
+        if remembered is None:  # a marked object, not this process's staged write
+            self._each(lambda i: self.nodes[i].delete(version.marker(staging)), range(len(self.nodes)))
         return self._info(key, version)
 
     def delete(self, key: str) -> None:
         """Markers first, then fragments, on every node that answers (a node that does not keeps
         its own until the object is deleted again: it shows as unreadable meanwhile)."""
         check_key(key)
+        self._staged.pop(key, None)
         keys, failed = self._listing(f"{key}~")
         mine = {i: sorted((k for k in node_keys if (p := parse_marker_key(k) or parse_fragment_key(k)) and p[0] == key), key=lambda k: parse_marker_key(k) is None)
                 for i, node_keys in keys.items()}
@@ -403,31 +415,45 @@ class ECStorage(Storage):
                 yield PendingUpload(key=left.key, started=datetime.fromtimestamp(version_time(left.version), timezone.utc))
 
     def roll_forward(self, older_than_seconds: float, prefix: str = "") -> list[str]:
-        """Finish the commits that writers were killed in; the keys whose markers were stored.
+        """Finish the commits and publishes that writers were killed in; the keys it finished.
 
-        A version with K+1 fragments stored is committed, marked or not (its data is whole): the
-        current version gets its marker on every node that lacks it, so that no single lost node
-        hides it; a newer version never marked (a kill between its fragments and its marker),
-        once older than ``older_than_seconds``, gets its markers and becomes the current one."""
+        A version with K+1 fragments stored is committed, marked or not (its data is whole): a
+        newer version never marked (a kill between its fragments and its marker), once older than
+        ``older_than_seconds``, gets its markers and becomes the current one, and the current
+        version gets its marker on every node that lacks it, so that no single lost node hides it.
+        A version id names one write, so its fragments under another key are a publish's renames
+        that a kill cut short: they are renamed to the key the version is committed under."""
         marked, fragments = self._versions(prefix)
+        elsewhere: dict[bytes, dict[str, set[int]]] = {}
+        for key, versions in fragments.items():
+            for vid, holders in versions.items():
+                elsewhere.setdefault(vid, {})[key] = holders
         cutoff = time.time() - older_than_seconds
         done: list[str] = []
         for key in sorted(set(marked) | set(fragments)):
             versions = marked.get(key, {})
             current = max(versions) if versions else None
-            if current is not None and len(versions[current]) < len(self.nodes):
-                self._mark(key, current, [i for i in range(len(self.nodes)) if i not in versions[current]])
-                done.append(key)
+            lacking = set(range(len(self.nodes))) - (versions[current] if current else set())
             for vid, holders in sorted(fragments.get(key, {}).items(), reverse=True):
                 if (current is not None and vid <= current.id) or len(holders) < self.k + 1 or version_time(vid) >= cutoff:
                     continue
                 found = self._each(lambda i: self._footer_of(i, key, vid), sorted(holders))
                 footer = next((f for f in found.values() if isinstance(f, Footer)), None)
                 if footer is not None:
-                    self._mark(key, Version(vid, footer.length, footer.cell, footer.block), range(len(self.nodes)))
-                    done.append(key)
+                    current, lacking = Version(vid, footer.length, footer.cell, footer.block), set(range(len(self.nodes)))
                     break
-        return done
+            if current is None:
+                continue
+            held = fragments.get(key, {}).get(current.id, set())
+            for other, nodes in elsewhere.get(current.id, {}).items():
+                strays = sorted(nodes - held) if other != key else []
+                moved = self._each(lambda i: self.nodes[i].publish(fragment_key(other, current.id), fragment_key(key, current.id)), strays)
+                held |= {i for i, got in moved.items() if not isinstance(got, BaseException)}
+                done += [key] if strays else []
+            if lacking:
+                self._mark(key, current, sorted(lacking))
+                done.append(key)
+        return sorted(set(done))
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
         """Abort the nodes' abandoned uploads, finish the commits writers were killed in

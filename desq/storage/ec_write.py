@@ -1,7 +1,9 @@
 """Streaming writes to the erasure-coded backend: stripes encoded as they fill, one upload a node.
 
 A write commits once K+1 fragments are stored, then stores the commit marker (format in
-``desq.storage.ec_format``); with fewer it deletes what it stored and fails. A node that fails
+``desq.storage.ec_format``); with fewer it deletes what it stored and fails. A staged write
+stores no marker: its process remembers the version for ``publish``, which marks the key it
+publishes (a staged write its process never published is unmarked, and ``recover`` clears it). A node that fails
 mid-write is dropped while K+1 remain; its fragment is missing (``desq repair`` rebuilds it).
 """
 
@@ -31,11 +33,13 @@ class CodedUpload(Upload):
         check_key(Version(self._version, 0, ec.geometry.cell, ec.geometry.block).marker(key))
         self._uploads: dict[int, Upload] = {}
         self._failed: dict[int, str] = {}
-        for i, node in enumerate(ec.nodes):
-            try:
-                self._uploads[i] = node.open_upload(name, staged=staged)
-            except StorageError as exc:
-                self._failed[i] = exc.reason
+        for i, opened in ec._each(lambda i: ec.nodes[i].open_upload(name, staged=staged), range(len(ec.nodes))).items():
+            if isinstance(opened, StorageError):
+                self._failed[i] = opened.reason
+            elif isinstance(opened, BaseException):
+                self._failed[i] = str(opened)
+            else:
+                self._uploads[i] = opened
         self._buffer = bytearray()
         self._length = 0
         self._crc = 0
@@ -123,6 +127,10 @@ class CodedUpload(Upload):
                 ec._each(lambda i: ec.nodes[i].delete(fragment_key(self._key, self._version)), stored)
                 reasons = "; ".join(f"node {i}: {why}" for i, why in sorted(self._failed.items()))
                 raise StorageError(f"{self._what()}: only {len(stored)} fragments stored, {ec.k + 1} needed ({reasons})")
+            if self._staged:  # only a step before publish, in this process: it marks the published key
+                ec._staged[self._key] = version
+                self._done = True
+                return ec._info(self._key, version)
             marked = ec._mark(self._key, version, range(len(ec.nodes)))
             if len(marked) < ec.k + 1:
                 ec._each(lambda i: ec.nodes[i].delete(version.marker(self._key)), marked)
@@ -132,8 +140,7 @@ class CodedUpload(Upload):
             self.abort()
             raise
         self._done = True
-        if not self._staged:
-            ec._drop_others(self._key, version)
+        ec._drop_others(self._key, version)
         return ec._info(self._key, version)
 
     def abort(self) -> None:
