@@ -189,6 +189,11 @@ def test_a_night_on_ec_4_2_survives_two_lost_nodes_and_repairs(tmp_path: Path, n
                 assert (code, out) == (0, files[name][1]), (pair, name, err)
             ready = create_app(settings).test_client().get("/readyz")
             assert ready.status_code == 200 and len(ready.get_json()["nodes_down"]) == 2, ready.get_json()
+            s3 = create_app(settings, role="s3").test_client()  # the S3 API reads through the same coded storage
+            day = sample[0][:8]
+            listed = s3.get(f"/desq?list-type=2&prefix={day}/&max-keys=1000")
+            assert listed.status_code == 200 and listed.data.count(b"<Key>") == sum(n.startswith(day) for n in files), listed.data[:300]
+            assert s3.get(f"/desq/{day}/{sample[0]}").data == files[sample[0]][1]
         for i in pair:
             nodes.restore(i)
 
