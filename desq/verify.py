@@ -24,8 +24,8 @@ from desq.container import ContainerError, Problem, Reader
 from desq.errors import DesqError
 from desq.leftovers import SAFE_AGE, Leftover, find, human, safe_age
 from desq.storage import InvalidKey, NotFound, Storage, StorageError, check_key, join_key
-from desq.storage.ec import ECStorage
-from desq.storage.ec_repair import check_many, ec_of
+from desq.storage.ec import ECStorage, ec_of
+from desq.storage.ec_repair import check_many
 from desq.storage.ec_repair import targets as ec_targets
 from desq.storage.local import LocalStorage
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from itertools import combinations
 from pathlib import Path
 
 import pytest
 
 from desq.storage import Storage, StorageError, StorageUnavailable
+from desq.storage.base import StaleObject
+from desq.storage.counting import CountingStorage
 from desq.storage.ec import ECStorage
 from desq.storage.ec_format import FOOTER_SIZE, Version, fragment_key, parse_fragment_key
+from desq.storage.ec_repair import check, objects, repair
 from desq.storage.local import LocalStorage
 from desq.storage.s3 import S3Storage
 from storage_conformance import StorageConformance
@@ -48,11 +52,7 @@ class TestECOverS3(StorageConformance):
 
 # --- faults: what the code is for -----------------------------------------------------------
 
-from itertools import combinations  # noqa: E402
 
-from desq.storage.base import StaleObject  # noqa: E402
-from desq.storage.counting import CountingStorage  # noqa: E402
-from desq.storage.ec_repair import check, objects, repair  # noqa: E402
 
 SMALL = dict(cell=8192, block=1024)
 

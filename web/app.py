@@ -12,7 +12,7 @@ from desq.files import FileService
 from desq.index_cache import RedisIndexTier
 from desq.settings import Settings, load_settings
 from desq.storage import Storage, storage_for
-from desq.storage.ec_repair import ec_of
+from desq.storage.ec import ec_of
 from desq.storage.counting import CountingStorage
 from web import metrics
 from web.errors import register_error_handlers

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from desq.published import PUBLISHED
 from desq.storage import NotFound, StorageError
-from desq.storage.ec_repair import ec_of
+from desq.storage.ec import ec_of
 from web.errors import error_response
 
 health = Blueprint("health", __name__)

@@ -153,7 +153,8 @@ def verify(settings: Settings, containers: tuple[str, ...], everything: bool, jo
 def repair(settings: Settings, containers: tuple[str, ...], everything: bool, jobs: int) -> None:
     """Erasure-coded archive: rebuild missing or damaged fragments onto their nodes; exit 1 naming
     what could not be rebuilt."""
-    from desq.storage.ec_repair import ec_of, repair_many, targets
+    from desq.storage.ec import ec_of
+    from desq.storage.ec_repair import repair_many, targets
 
     if not containers and not everything:
         raise click.UsageError("name containers to repair, or give --all")

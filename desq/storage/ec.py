@@ -24,7 +24,7 @@ from desq.storage.base import (
 )
 from desq.storage.ec_codec import Codec
 from desq.storage.ec_format import (
-    Footer, FragmentError, Geometry, Segment, Version, fragment_key, open_blocks, parse_fragment_key, parse_marker_key,
+    FOOTER_SIZE, Footer, FragmentError, Geometry, Segment, Version, fragment_key, open_blocks, parse_fragment_key, parse_marker_key,
     version_time,
 )
 
@@ -57,12 +57,20 @@ class Events:
             return sum(n for (name, _), n in self.counts.items() if name == event)
 
 
-def _kind(exc: BaseException) -> str:
+def error_kind(exc: BaseException) -> str:
+    """How a fragment read failed: missing, damaged or unreachable (the metrics' label)."""
     if isinstance(exc, NotFound):
         return "missing"
     if isinstance(exc, (FragmentError, RangeError)):
         return "damaged"
     return "unreachable"
+
+
+def ec_of(storage: object) -> ECStorage | None:
+    """The erasure-coded storage under ``storage`` (through wrappers such as CountingStorage), if any."""
+    while storage is not None and not isinstance(storage, ECStorage):
+        storage = getattr(storage, "inner", None)
+    return storage
 
 
 class ECStorage(Storage):
@@ -112,7 +120,7 @@ class ECStorage(Storage):
 
     def _note_down(self, i: int, exc: BaseException) -> None:
         self._failed_at[i] = time.monotonic()  # asked last by degraded reads for a while (a node folder gone: NotFound each time)
-        if _kind(exc) == "unreachable":
+        if error_kind(exc) == "unreachable":
             self._down_until[i] = time.monotonic() + DOWN_SECONDS
 
     def _up(self, i: int) -> bool:
@@ -200,7 +208,7 @@ class ECStorage(Storage):
                 if isinstance(exc, (StaleObject, InvalidKey)):
                     raise
                 self._note_down(i, exc)
-                self.events("fragment_error", _kind(exc))
+                self.events("fragment_error", error_kind(exc))
                 failed: dict[int, BaseException] = {i: exc}
         else:
             failed = {i: StorageUnavailable(f"node {i} did not answer lately")}
@@ -215,8 +223,7 @@ class ECStorage(Storage):
     def gather(self, key: str, version: Version, at: int, size: int, failed: dict[int, BaseException]) -> dict[int, bytes]:
         """Fragment range [at, at + size) from K fragments not in ``failed`` (which gets those
         that fail on the way); the error of ``_unreadable`` when fewer than K can be read."""
-        rest = sorted((i for i in range(len(self.nodes)) if i not in failed), key=lambda i: (not self._up(i), self._failed_at[i] > time.monotonic() - DOWN_SECONDS))
-        candidates = rest
+        candidates = sorted((i for i in range(len(self.nodes)) if i not in failed), key=lambda i: (not self._up(i), self._failed_at[i] > time.monotonic() - DOWN_SECONDS))
         have: dict[int, bytes] = {}
         while len(have) < self.k and candidates:
             batch, candidates = candidates[: self.k - len(have)], candidates[self.k - len(have) :]
@@ -225,7 +232,7 @@ class ECStorage(Storage):
                     if isinstance(got, (StaleObject, InvalidKey)):
                         raise got
                     self._note_down(i, got)
-                    self.events("fragment_error", _kind(got))
+                    self.events("fragment_error", error_kind(got))
                     failed[i] = got
                 else:
                     have[i] = got
@@ -278,8 +285,8 @@ class ECStorage(Storage):
         return footer
 
     def _footer_of(self, i: int, key: str, version: bytes) -> Footer:
-        data, info = self.nodes[i].read_suffix(fragment_key(key, version), 4096)
-        footer = Footer.parse(data[-128:])
+        data, info = self.nodes[i].read_suffix(fragment_key(key, version), FOOTER_SIZE)
+        footer = Footer.parse(data)
         if (footer.version, footer.index, footer.k, footer.m) != (version, i, self.k, self.m):
             raise FragmentError(f"its footer names fragment {footer.index} of {footer.k}+{footer.m} of another version")
         if info.size != footer.geometry().stored_size(footer.length):
@@ -302,19 +309,21 @@ class ECStorage(Storage):
         done = self._each(mark, on)
         return [i for i, got in done.items() if not isinstance(got, BaseException)]
 
-    def _drop_others(self, key: str, keep: Version, *, newer_too: bool = False) -> None:
-        """Delete the fragments and markers of the other versions of ``key`` (best effort:
-        ``recover`` clears what a node did not answer for). Markers go first."""
-        keys, _ = self._listing(f"{key}~")
+    def _drop(self, key: str, older_than: Version | None = None) -> dict[int, BaseException]:
+        """Delete the markers, then the fragments, of every version of ``key`` (with
+        ``older_than``: of the versions older than it) on every node that answers; the nodes that
+        did not (``recover`` clears what they keep)."""
+        keys, failed = self._listing(f"{key}~")
         doomed: dict[int, list[str]] = {}
         for i, node_keys in keys.items():
             for node_key in node_keys:
                 marker, fragment = parse_marker_key(node_key), parse_fragment_key(node_key)
-                if marker and marker[0] == key and marker[1].id != keep.id and (newer_too or marker[1].id < keep.id):
+                if marker and marker[0] == key and (older_than is None or marker[1].id < older_than.id):
                     doomed.setdefault(i, []).insert(0, node_key)
-                elif fragment and fragment[0] == key and fragment[1] != keep.id and (newer_too or fragment[1] < keep.id):
+                elif fragment and fragment[0] == key and (older_than is None or fragment[1] < older_than.id):
                     doomed.setdefault(i, []).append(node_key)
-        self._each(lambda i: [self.nodes[i].delete(k) for k in doomed[i]], doomed)
+        gone = self._each(lambda i: [self.nodes[i].delete(k) for k in doomed[i]], doomed)
+        return failed | {i: exc for i, exc in gone.items() if isinstance(exc, BaseException)}
 
     def publish(self, staging: str, key: str) -> ObjectInfo:
         """Rename each fragment of the staged version; mark it under ``key`` once K+1 are there."""
@@ -326,20 +335,22 @@ class ECStorage(Storage):
             failpoint("ec.fragment_moved")
         moved = self._each(move, range(len(self.nodes)))
         there = [i for i, got in moved.items() if not isinstance(got, BaseException)]
-        if len(there) < self.k + 1:
+
+        def undo() -> None:  # the staged object as it was: its fragments back, remembered again
             self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
             if remembered is not None:
                 self._staged[staging] = remembered
+
+        if len(there) < self.k + 1:
+            undo()
             reasons = "; ".join(f"node {i}: {getattr(exc, 'reason', exc)}" for i, exc in moved.items() if isinstance(exc, BaseException))
             raise StorageError(f"publishing {staging!r} as {key!r}: only {len(there)} fragments moved, {self.k + 1} needed ({reasons})")
         marked = self._mark(key, version, range(len(self.nodes)))
         if len(marked) < self.k + 1:
             self._each(lambda i: self.nodes[i].delete(version.marker(key)), marked)
-            self._each(lambda i: self.nodes[i].publish(fragment_key(key, version.id), fragment_key(staging, version.id)), there)
-            if remembered is not None:
-                self._staged[staging] = remembered
+            undo()
             raise StorageError(f"publishing {staging!r} as {key!r}: only {len(marked)} nodes took the commit marker, {self.k + 1} needed")
-        self._drop_others(key, version)
+        self._drop(key, older_than=version)
         if remembered is None:  # a marked object, not this process's staged write
             self._each(lambda i: self.nodes[i].delete(version.marker(staging)), range(len(self.nodes)))
         return self._info(key, version)
@@ -349,11 +360,7 @@ class ECStorage(Storage):
         its own until the object is deleted again: it shows as unreadable meanwhile)."""
         check_key(key)
         self._staged.pop(key, None)
-        keys, failed = self._listing(f"{key}~")
-        mine = {i: sorted((k for k in node_keys if (p := parse_marker_key(k) or parse_fragment_key(k)) and p[0] == key), key=lambda k: parse_marker_key(k) is None)
-                for i, node_keys in keys.items()}
-        gone = self._each(lambda i: [self.nodes[i].delete(k) for k in mine[i]], [i for i in mine if mine[i]])
-        failed.update({i: exc for i, exc in gone.items() if isinstance(exc, BaseException)})
+        failed = self._drop(key)
         if len(failed) > self.m:  # the object may still be whole on the nodes that did not answer
             raise self._unlisted(f"deleting {key!r}", failed)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from crc32c import crc32c
 
 from desq.storage.base import StorageError, Upload
-from desq.storage.ec import ECStorage, _kind
+from desq.storage.ec import ECStorage, error_kind
 from desq.storage.ec_format import FOOTER_SIZE, Footer, FragmentError, Version, fragment_key, open_blocks, parse_fragment_key, seal_cell
 
 CHECK_CHUNK = 64
@@ -84,7 +84,7 @@ def check_fragment(ec: ECStorage, i: int, key: str, version: Version) -> str | N
         if crc != footer.fragment_crc:
             return "damaged: its cells do not match the checksum in its footer"
     except (StorageError, FragmentError) as exc:
-        kind = _kind(exc)
+        kind = error_kind(exc)
         return kind if kind == "missing" else f"{kind}: {getattr(exc, 'reason', exc)}"
     return None
 
@@ -160,13 +160,6 @@ def _good_footer(ec: ECStorage, key: str, version: Version, bad: list[int]) -> F
             except (StorageError, FragmentError):
                 continue
     raise FragmentError("no intact footer to rebuild from")
-
-
-def ec_of(storage: object) -> ECStorage | None:
-    """The erasure-coded storage under ``storage`` (through wrappers such as CountingStorage), if any."""
-    while storage is not None and not isinstance(storage, ECStorage):
-        storage = getattr(storage, "inner", None)
-    return storage
 
 
 def targets(ec: ECStorage, containers: Iterable[str]) -> list[str]:

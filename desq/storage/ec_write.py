@@ -140,7 +140,7 @@ class CodedUpload(Upload):
             self.abort()
             raise
         self._done = True
-        ec._drop_others(self._key, version)
+        ec._drop(self._key, older_than=version)
         return ec._info(self._key, version)
 
     def abort(self) -> None:
