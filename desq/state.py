@@ -56,8 +56,12 @@ SPOOL = sa.Table(
 
 def create_tables(engine: Engine, tables: list[sa.Table]) -> None:
     """Create desq's own ``tables`` where missing. Packers starting together race to create them:
-    the loser's error (a duplicate table or type) is no error once the tables are there."""
-    for attempt in range(1, 4):
+    the loser's error (a duplicate table or type) is no error once the tables are there. SQLite
+    answers "database is locked" at once, without waiting its busy timeout, when a transaction
+    that began by reading (the check for the tables) goes on to write after another process
+    wrote: that is tried again after a pause, up to ~13 s in all."""
+    attempts = 8
+    for attempt in range(1, attempts + 1):
         try:
             METADATA.create_all(engine, tables=tables, checkfirst=True)
             return
@@ -65,9 +69,10 @@ def create_tables(engine: Engine, tables: list[sa.Table]) -> None:
             inspector = sa.inspect(engine)
             if all(inspector.has_table(t.name, schema=t.schema) for t in tables):
                 return
-            if attempt == 3:
+            if attempt == attempts:
                 raise
-            # Someone else created some of them meanwhile (our transaction rolled back): again.
+            # Someone else created some of them, or wrote, meanwhile (our transaction rolled back): again.
+            time.sleep(0.05 * 2**attempt)
 
 
 def _pack_key(night: str, day: str, shard: str) -> str:
