@@ -17,6 +17,7 @@ import pytest
 from desq.source import fetch as fetch_module
 from desq.source.fetch import Fetcher, FetchError, Original, OriginalChanged
 from desq.source.rows import SourceRow
+from leaks import Snapshot
 
 
 def row(path: str, name: str | None = None, id: object = 0) -> SourceRow:
@@ -254,11 +255,11 @@ def test_symlinked_folders_are_checked_once_and_never_lead_outside(src: Path, tm
 def test_cached_local_reads_stay_in_the_consumers_thread(src: Path) -> None:
     for i in range(500):
         write(src / f"{i % 7}" / f"{i}", blob(1000, i))
-    before = threading.active_count()
+    before = Snapshot()
     with Fetcher(root=str(src), threads=8) as fetcher:
         for i, original in enumerate(fetcher.fetch(row(f"{i % 7}/{i}", id=i) for i in range(500))):
             assert original.data == blob(1000, i)
-            assert threading.active_count() == before
+            assert before.new_threads() == []
     assert fetcher.inline_rows == 500
 
 
@@ -373,14 +374,14 @@ def test_rows_are_consumed_lazily(src: Path) -> None:
             pulled += 1
             yield row("f", id=i)
 
-    before = threading.active_count()
+    before = Snapshot()
     with Fetcher(root=str(src), threads=4) as fetcher:
         stream = fetcher.fetch(endless())
         first = list(itertools.islice(stream, 5))
         assert [o.row.id for o in first] == [0, 1, 2, 3, 4] and all(o.data == b"data" for o in first)
         assert pulled <= 5 + fetcher.window + 1
         stream.close()  # type: ignore[attr-defined]
-    assert threading.active_count() == before
+    assert before.new_threads() == []
 
 
 def test_closing_early_cancels_the_work_and_closing_the_fetcher_stops_the_threads(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,12 +399,12 @@ def test_closing_early_cancels_the_work_and_closing_the_fetcher_stops_the_thread
         return real(self, run, index, r)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Fetcher, "_fetch_local", slow)
-    before = threading.active_count()
+    before = Snapshot()
     # A budget of one original: the workers ahead wait for their reservation when closed.
     fetcher = Fetcher(root=str(src), threads=8, max_bytes_in_flight=1000)
     stream = fetcher.fetch(row(str(i), id=i) for i in range(100))
     assert [next(stream).row.id for _ in range(8)] == list(range(8))  # the first few are timed inline
-    assert threading.active_count() > before
+    assert before.new_threads() != []
     t0 = time.monotonic()
     stream.close()  # type: ignore[attr-defined]
     assert time.monotonic() - t0 < 2
@@ -412,14 +413,14 @@ def test_closing_early_cancels_the_work_and_closing_the_fetcher_stops_the_thread
     time.sleep(0.1)
     assert started == settled, "rows were still fetched after the stream was closed"
     # The pool's threads stay for the fetcher's next fetch (a packer's next container).
-    threads = threading.active_count()
+    pool = set(before.new_threads())
     assert [o.row.id for o in fetcher.fetch(row(str(i), id=i) for i in range(20))] == list(range(20))
-    assert threading.active_count() <= threads
+    assert set(before.new_threads()) <= pool
     # Closing the fetcher itself stops a fetch that is still open, and refuses new ones.
     stream = fetcher.fetch(row(str(i), id=i) for i in range(100))
     assert next(stream).row.id == 0
     fetcher.close()
-    assert threading.active_count() == before
+    assert before.new_threads() == []
     with pytest.raises(FetchError, match="closed"):
         list(stream)
     with pytest.raises(FetchError, match="closed"):
@@ -427,10 +428,10 @@ def test_closing_early_cancels_the_work_and_closing_the_fetcher_stops_the_thread
 
 
 def test_an_unstarted_fetch_starts_no_threads(src: Path) -> None:
-    before = threading.active_count()
+    before = Snapshot()
     with Fetcher(root=str(src)) as fetcher:
         fetcher.fetch([row("x")])
-    assert threading.active_count() == before
+    assert before.new_threads() == []
 
 
 def test_delete_original_local(src: Path, tmp_path: Path) -> None:
@@ -537,10 +538,10 @@ def test_s3_without_credentials_is_a_configuration_error(monkeypatch: pytest.Mon
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    before = threading.active_count()
+    before = Snapshot()
     with Fetcher(s3_endpoint_url="http://127.0.0.1:1") as fetcher, pytest.raises(FetchError, match="no S3 credentials"):
         list(fetcher.fetch([row("s3://b/k")]))
-    assert threading.active_count() == before
+    assert before.new_threads() == []
     assert fetch_module.FetchError is FetchError
 
 

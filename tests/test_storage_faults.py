@@ -27,6 +27,7 @@ from desq.storage.base import NotFound, RangeError, StaleObject, StorageError, S
 from desq.storage.local import TEMP_PREFIX, LocalStorage
 from desq.storage.s3 import S3Storage, multipart_etag
 from faultproxy import Fault, FaultProxy, query_has
+from leaks import Snapshot
 
 integration = pytest.mark.integration
 
@@ -73,11 +74,10 @@ def bucket(raw: Any) -> Iterator[str]:
 
 @pytest.fixture
 def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
-    before = set(threading.enumerate())
+    before = Snapshot()
     with FaultProxy(s3_endpoint) as p:
         yield p
-    # Threads of earlier tests may end meanwhile (idle pools collected); none may be left by this one.
-    assert [t.name for t in threading.enumerate() if t not in before] == [], "the fault proxy left threads running"
+    assert before.new_threads() == [], "the fault proxy left threads running"
 
 
 @pytest.fixture
@@ -444,12 +444,8 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_proxy_forwards_unchanged_and_stops_cleanly() -> None:
-    threads, fds = threading.active_count(), _open_fds()
+    before = Snapshot()
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     serving = threading.Thread(target=upstream.serve_forever, kwargs={"poll_interval": 0.05})
     serving.start()
@@ -476,4 +472,4 @@ def test_proxy_forwards_unchanged_and_stops_cleanly() -> None:
         upstream.shutdown()
         upstream.server_close()
         serving.join()
-    assert (threading.active_count(), _open_fds()) == (threads, fds)
+    assert (before.new_threads(), before.new_fds()) == ([], [])
