@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -22,11 +21,12 @@ from desq.storage.base import (
     InvalidKey, NotFound, ObjectInfo, PendingUpload, RangeError, StaleObject, Storage, StorageError, StorageUnavailable, Upload,
     check_key,
 )
+from desq.storage import ec_recover
 from desq.storage.ec_codec import Codec
 from desq.storage.ec_format import (
     FOOTER_SIZE, Footer, FragmentError, Geometry, Segment, Version, fragment_key, open_blocks, parse_fragment_key, parse_marker_key,
-    version_time,
 )
+from desq.storage.ec_recover import Leftover
 
 T = TypeVar("T")
 
@@ -398,97 +398,15 @@ class ECStorage(Storage):
         yield from sorted({f for a in answers.values() if not isinstance(a, BaseException) for f in a})
 
     def leftovers(self, prefix: str = "") -> Iterator[Leftover]:
-        """What no reader uses: killed writes' fragments (never marked) and superseded versions
-        (older than the current one: a replace that died before deleting them)."""
-        marked, fragments = self._versions(prefix)
-        for key in sorted(set(marked) | set(fragments)):
-            versions = marked.get(key, {})
-            current = max(versions).id if versions else None
-            for version, nodes in sorted(versions.items()):
-                if version.id != current:
-                    yield Leftover(key, version.id, sorted(nodes), superseded=True, marker=version)
-            for vid, nodes in sorted(fragments.get(key, {}).items()):
-                if vid != current:
-                    yield Leftover(key, vid, sorted(nodes), superseded=current is not None and vid < current)
+        """What no reader uses: killed writes' fragments and superseded versions (``ec_recover``)."""
+        return ec_recover.leftovers(self, prefix)
 
     def uploads(self) -> Iterator[PendingUpload]:
-        for node in self.nodes:
-            for pending in node.uploads():
-                parsed = parse_fragment_key(pending.key) or parse_marker_key(pending.key)
-                if parsed is not None:
-                    yield PendingUpload(key=parsed[0], started=pending.started, size=pending.size)
-        for left in self.leftovers():
-            if not left.superseded:
-                yield PendingUpload(key=left.key, started=datetime.fromtimestamp(version_time(left.version), timezone.utc))
+        return ec_recover.uploads(self)
 
     def roll_forward(self, older_than_seconds: float, prefix: str = "") -> list[str]:
-        """Finish the commits and publishes that writers were killed in; the keys it finished.
-
-        A version with K+1 fragments stored is committed, marked or not (its data is whole): a
-        newer version never marked (a kill between its fragments and its marker), once older than
-        ``older_than_seconds``, gets its markers and becomes the current one, and the current
-        version gets its marker on every node that lacks it, so that no single lost node hides it.
-        A version id names one write, so its fragments under another key are a publish's renames
-        that a kill cut short: they are renamed to the key the version is committed under."""
-        marked, fragments = self._versions(prefix)
-        elsewhere: dict[bytes, dict[str, set[int]]] = {}
-        for key, versions in fragments.items():
-            for vid, holders in versions.items():
-                elsewhere.setdefault(vid, {})[key] = holders
-        cutoff = time.time() - older_than_seconds
-        done: list[str] = []
-        for key in sorted(set(marked) | set(fragments)):
-            versions = marked.get(key, {})
-            current = max(versions) if versions else None
-            lacking = set(range(len(self.nodes))) - (versions[current] if current else set())
-            for vid, holders in sorted(fragments.get(key, {}).items(), reverse=True):
-                if (current is not None and vid <= current.id) or len(holders) < self.k + 1 or version_time(vid) >= cutoff:
-                    continue
-                found = self._each(lambda i: self._footer_of(i, key, vid), sorted(holders))
-                footer = next((f for f in found.values() if isinstance(f, Footer)), None)
-                if footer is not None:
-                    current, lacking = Version(vid, footer.length, footer.cell, footer.block), set(range(len(self.nodes)))
-                    break
-            if current is None:
-                continue
-            held = fragments.get(key, {}).get(current.id, set())
-            for other, nodes in elsewhere.get(current.id, {}).items():
-                strays = sorted(nodes - held) if other != key else []
-                moved = self._each(lambda i: self.nodes[i].publish(fragment_key(other, current.id), fragment_key(key, current.id)), strays)
-                held |= {i for i, got in moved.items() if not isinstance(got, BaseException)}
-                done += [key] if strays else []
-            if lacking:
-                self._mark(key, current, sorted(lacking))
-                done.append(key)
-        return sorted(set(done))
+        """Finish the commits and publishes writers were killed in; the keys it finished."""
+        return ec_recover.roll_forward(self, older_than_seconds, prefix)
 
     def abort_stale_uploads(self, older_than_seconds: float) -> int:
-        """Abort the nodes' abandoned uploads, finish the commits writers were killed in
-        (``roll_forward``), delete killed writes' fragments older than this (fewer than K+1) and
-        every superseded version's."""
-        cutoff = time.time() - older_than_seconds
-        stale = {parsed for node in self.nodes for pending in node.uploads()
-                 if pending.started is None or pending.started.timestamp() < cutoff
-                 if (parsed := parse_fragment_key(pending.key) or parse_marker_key(pending.key)) is not None}
-        for node in self.nodes:
-            node.abort_stale_uploads(older_than_seconds)
-        aborted = len(stale)
-        self.roll_forward(older_than_seconds)
-        for left in list(self.leftovers()):
-            if left.superseded or version_time(left.version) < cutoff:
-                name = left.marker.marker(left.key) if left.marker else fragment_key(left.key, left.version)
-                self._each(lambda i: self.nodes[i].delete(name), left.nodes)
-                aborted += 0 if left.superseded else 1
-        return aborted
-
-
-@dataclass(frozen=True, slots=True)
-class Leftover:
-    """Fragments (or a commit marker) of a version no reader uses, and the nodes holding them."""
-
-    key: str
-    version: bytes
-    nodes: list[int]
-    superseded: bool
-    marker: Version | None = None
-    """Set when this is an old version's commit marker, not fragments."""
+        return ec_recover.abort_stale(self, older_than_seconds)
