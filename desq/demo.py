@@ -114,10 +114,11 @@ def prepare(settings: Settings) -> None:
     (root / MARKER).write_text("made by desq demo; `desq demo` replaces this folder\n")
 
 
-def run(count: int, serve: bool, echo: Callable[[str], None], progress: Callable[[int, int], None]) -> DemoReport:
-    """The demo; ``echo`` prints a line, ``progress(done, total)`` shows packing progress."""
+def run(count: int, serve: bool, echo: Callable[[str], None], progress: Callable[[int, int], None], config: str | None = None) -> DemoReport:
+    """The demo; ``echo`` prints a line, ``progress(done, total)`` shows packing progress.
+    ``config`` is the ``--config`` file, refused like any other setting of the embedded default."""
     started = time.monotonic()
-    base = load_settings()
+    base = load_settings(config)
     if base.source.db_url != "sqlite:///desq-data/source.db" or base.broker.url or base.archive.url != "desq-data/archive":
         raise DesqError("desq demo runs on the embedded default; unset DESQ_* and --config")
     prepare(base)

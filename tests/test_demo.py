@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 
+import pytest
+
 from procs import session_members
 
 BIN = Path(sys.executable).parent
@@ -42,6 +44,16 @@ def test_the_demo_refuses_someone_elses_data(tmp_path: Path) -> None:
     (tmp_path / "desq-data" / "precious.db").write_bytes(b"x")
     result = subprocess.run([str(BIN / "desq"), "demo", "--files", "20"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "did not make" in result.stderr and (tmp_path / "desq-data" / "precious.db").exists()
+
+
+@pytest.mark.parametrize("where", ["--config", "DESQ_CONFIG", "DESQ_ARCHIVE_URL"])
+def test_the_demo_refuses_settings_other_than_the_embedded_default(tmp_path: Path, where: str) -> None:
+    (tmp_path / "ec.toml").write_text('[archive]\nurl = "ec://4+2"\nnodes = ["n0", "n1", "n2", "n3", "n4", "n5"]\n')
+    args, extra = {"--config": (["--config", "ec.toml"], {}), "DESQ_CONFIG": ([], {"DESQ_CONFIG": "ec.toml"}),
+                   "DESQ_ARCHIVE_URL": ([], {"DESQ_ARCHIVE_URL": "other-archive"})}[where]
+    result = subprocess.run([str(BIN / "desq"), *args, "demo", "--files", "20"], cwd=tmp_path, env=env() | extra, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr.strip()) == (1, "desq: error: desq demo runs on the embedded default; unset DESQ_* and --config")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ec.toml"]
 
 
 def test_ctrl_c_while_serving_leaves_no_process(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def demo(count: int, serve: bool) -> None:
             last[0], last[1] = time.monotonic(), done
 
     try:
-        run_demo(count, serve, click.echo, show)
+        run_demo(count, serve, click.echo, show, click.get_current_context().ensure_object(State).config)
     finally:
         if bar is not None:
             bar.close()
