@@ -137,6 +137,9 @@ def test_names_parse_back_whatever_the_key_holds(key: str) -> None:
     assert parse_marker_key(mark.marker(key)) == (key, mark)
     assert parse_marker_key(fragment_key(key, version)) is None or parse_marker_key(fragment_key(key, version))[0] != key
     assert parse_fragment_key(mark.marker(key)) is None
+    deletion = Version.deletion()
+    assert parse_marker_key(deletion.marker(key)) == (key, deletion) and deletion.marker(key).endswith("~0-0-0")
+    assert deletion.deleted and not mark.deleted and deletion > Version(version, 10, 4096, 1024)
 
 
 def test_etags_name_their_version_and_nothing_else_passes() -> None:

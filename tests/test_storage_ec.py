@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from desq.storage import Storage, StorageError, StorageUnavailable
-from desq.storage.base import StaleObject
+from desq.storage.base import NotFound, StaleObject
 from desq.storage.counting import CountingStorage
 from desq.storage.ec import ECStorage
 from desq.storage.ec_format import FOOTER_SIZE, Version, fragment_key, parse_fragment_key
@@ -227,6 +227,97 @@ def test_a_write_killed_after_k_plus_1_fragments_is_committed_and_recover_marks_
     assert list(ec.leftovers()) == []
     [(key, current, marked)] = objects(ec)
     assert [p.line() for p in check(ec, key, current, marked)] == [f"BAD c.des: fragment 2 on {ec.nodes[2].url}: missing"]
+
+
+def stored(root: Path, key: str) -> dict[int, list[str]]:
+    """Each node folder's files of ``key`` (fragments and markers), by node."""
+    return {i: sorted(p.name for p in (root / f"node{i}").glob(f"{key}~*")) for i in range(6)}
+
+
+def away(root: Path, *nodes: int) -> None:
+    for i in nodes:
+        shutil.move(root / f"node{i}", root / f"away{i}")
+
+
+def back(root: Path, *nodes: int) -> None:
+    for i in nodes:
+        shutil.move(root / f"away{i}", root / f"node{i}")
+
+
+def test_a_delete_with_a_node_away_stays_deleted_when_it_comes_back(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    ec.put("c.des", os.urandom(100_000))
+    ec.put("other", b"x")
+    away(tmp_path, 5)
+    ec.delete("c.des")
+    back(tmp_path, 5)  # with the deleted object's fragment and marker
+    assert len(stored(tmp_path, "c.des")[5]) == 2
+    for look in (lambda: ec.head("c.des"), lambda: ec.read("c.des", 0, 10), lambda: ec.read_suffix("c.des", 10)):
+        with pytest.raises(NotFound):
+            look()
+    assert [i.key for i in ec.list()] == ["other"] and [key for key, _, _ in objects(ec)] == ["other"]
+    with pytest.raises(StorageError, match="no object 'c.des'"):
+        list(objects(ec, ["c.des"]))
+    away(tmp_path, 3)  # recover with a node away: node 5's leftovers go, the deletion marker stays for node 3
+    ec.abort_stale_uploads(6 * 3600)
+    assert not (tmp_path / "node3").exists()  # not made again by marking "other" there
+    back(tmp_path, 3)
+    left = stored(tmp_path, "c.des")
+    assert left[5] == [] and all(len(left[i]) == 1 and left[i][0].endswith("~0-0-0") for i in range(5)), left
+    with pytest.raises(NotFound):
+        ec.head("c.des")
+    ec.abort_stale_uploads(6 * 3600)  # every node there and nothing left to hide: the markers go too
+    assert stored(tmp_path, "c.des") == {i: [] for i in range(6)} and list(ec.leftovers()) == []
+    assert ec.read("other", 0, 1) == b"x"
+    with pytest.raises(StaleObject):  # a deletion's version names no bytes
+        ec.read("other", 0, 1, if_match=Version.deletion().etag)
+
+
+def test_a_write_after_a_delete_with_a_node_away_is_the_one_read(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    ec.put("c.des", b"old" * 1000)
+    away(tmp_path, 0)
+    ec.delete("c.des")
+    back(tmp_path, 0)
+    new = os.urandom(50_000)
+    version = Version.from_etag(ec.put("c.des", new).etag)
+    assert ec.read("c.des", 0, len(new)) == new and [i.key for i in ec.list()] == ["c.des"]
+    assert list(ec.leftovers()) == []  # the write dropped what the deletion hid, and the deletion
+    assert stored(tmp_path, "c.des") == {i: sorted([fragment_key("c.des", version.id), version.marker("c.des")]) for i in range(6)}
+
+
+@pytest.mark.integration
+def test_a_delete_with_an_s3_node_unreachable_stays_deleted(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
+    site = S3Storage(f"s3://{s3_bucket}/node5", endpoint_url=s3_endpoint)
+    ec = ECStorage([*folders(tmp_path, 5), site], 4, 2, **SMALL)
+    ec.put("c.des", os.urandom(30_000))
+    ec.nodes[5] = S3Storage(f"s3://{s3_bucket}/node5", endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_timeout=0.2)
+    ec.delete("c.des")
+    ec.nodes[5] = site  # it answers again, with the deleted version
+    assert len(list(site.list("c.des~"))) == 2
+    with pytest.raises(NotFound):
+        ec.head("c.des")
+    assert list(ec.list()) == []
+    ec.abort_stale_uploads(6 * 3600)
+    assert list(site.list()) == [] and stored(tmp_path, "c.des") == {i: [] for i in range(6)}
+
+
+def test_a_delete_that_k_plus_1_nodes_cannot_take_deletes_nothing(tmp_path: Path) -> None:
+    ec = ec_over(tmp_path)
+    blob = os.urandom(100_000)
+    ec.put("c.des", blob)
+    before = stored(tmp_path, "c.des")
+    away(tmp_path, 1, 4)  # M away: 4 nodes left, K+1 = 5 needed for the deletion marker
+    with pytest.raises(StorageUnavailable, match="only 4 nodes took its deletion marker, 5 needed"):
+        ec.delete("c.des")
+    assert ec.read("c.des", 0, len(blob)) == blob
+    back(tmp_path, 1, 4)
+    assert stored(tmp_path, "c.des") == before
+    away(tmp_path, 0, 2, 3)
+    with pytest.raises(StorageUnavailable, match="more than M=2 nodes do not answer"):
+        ec.delete("c.des")
+    back(tmp_path, 0, 2, 3)
+    assert stored(tmp_path, "c.des") == before and ec.read("c.des", 0, len(blob)) == blob
 
 
 def test_a_write_with_fewer_than_k_plus_1_nodes_fails_and_leaves_nothing(tmp_path: Path) -> None:

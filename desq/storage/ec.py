@@ -128,8 +128,8 @@ class ECStorage(Storage):
 
     def node_states(self) -> list[tuple[str, str | None]]:
         """Each node's url and why it does not answer (None when it does): one request each."""
-        answers = self._each(lambda i: self.nodes[i].probe(), range(len(self.nodes)))
-        return [(self.nodes[i].url, None if not isinstance(a, BaseException) else str(a)) for i, a in answers.items()]
+        away = self._away()
+        return [(node.url, str(away[i]) if i in away else None) for i, node in enumerate(self.nodes)]
 
     # --- versions ---------------------------------------------------------------------------
 
@@ -141,6 +141,11 @@ class ECStorage(Storage):
         for i, exc in failed.items():
             self._note_down(i, exc)
         return keys, failed
+
+    def _away(self) -> dict[int, BaseException]:
+        """The nodes that are not there (a folder gone lists as empty: only a probe tells)."""
+        probes = self._each(lambda i: self.nodes[i].probe(), range(len(self.nodes)))
+        return {i: exc for i, exc in probes.items() if isinstance(exc, BaseException)}
 
     def _unlisted(self, what: str, failed: dict[int, BaseException]) -> StorageUnavailable:
         reasons = "; ".join(f"node {i} ({self.nodes[i].url}): {getattr(exc, 'reason', exc)}" for i, exc in sorted(failed.items()))
@@ -166,16 +171,16 @@ class ECStorage(Storage):
         if staged is not None:
             return staged
         found = self.marked(key)
-        if not found:
+        if not found or (current := max(found)).deleted:
             raise NotFound(f"no object {key!r} in {self.url}")
-        return max(found)
+        return current
 
     def _pinned(self, key: str, if_match: str | None) -> Version:
         check_key(key)
         if if_match is None:
             return self._current(key)
         version = Version.from_etag(if_match)
-        if version is None:
+        if version is None or version.deleted:
             raise StaleObject(f"{key!r} changed since it was opened (its version {if_match!r} is not one of {self.url})")
         return version
 
@@ -356,19 +361,40 @@ class ECStorage(Storage):
         return self._info(key, version)
 
     def delete(self, key: str) -> None:
-        """Markers first, then fragments, on every node that answers (a node that does not keeps
-        its own until the object is deleted again: it shows as unreadable meanwhile)."""
+        """Markers first, then fragments, on every node. A node that does not answer keeps its
+        own: a deletion marker stored on K+1 others first hides them (``recover`` clears both)."""
         check_key(key)
         self._staged.pop(key, None)
-        failed = self._drop(key)
+        _, failed = self._listing(f"{key}~")
+        failed |= self._away()
         if len(failed) > self.m:  # the object may still be whole on the nodes that did not answer
             raise self._unlisted(f"deleting {key!r}", failed)
+        if not failed:
+            failed = self._drop(key)
+            if not failed:
+                return
+        deletion = Version.deletion()
+        marked = self._mark(key, deletion, sorted(set(range(len(self.nodes))) - set(failed)))
+        if len(marked) < self.k + 1:
+            self._each(lambda i: self.nodes[i].delete(deletion.marker(key)), marked)
+            raise StorageUnavailable(f"deleting {key!r}: only {len(marked)} nodes took its deletion marker, {self.k + 1} needed",
+                                     reason=f"{len(self.nodes) - len(marked)} of {len(self.nodes)} nodes do not answer")
+        self._drop(key, older_than=deletion)
 
     # --- listing ----------------------------------------------------------------------------
 
     def _versions(self, prefix: str) -> tuple[dict[str, dict[Version, set[int]]], dict[str, dict[bytes, set[int]]]]:
-        """Under ``prefix``: each object's marked versions and each version's fragments, with the
-        nodes that hold them (StorageUnavailable if more than M nodes do not answer)."""
+        """Under ``prefix``: each object's marked versions (deletions too) and each version's
+        fragments, with the nodes that hold them (StorageUnavailable if more than M nodes do not answer)."""
+        marked, fragments, _ = self._collect(prefix)
+        return marked, fragments
+
+    def _versions_answered(self, prefix: str) -> tuple[dict[str, dict[Version, set[int]]], dict[str, dict[bytes, set[int]]], bool]:
+        """``_versions`` and whether every node answered and is there."""
+        marked, fragments, failed = self._collect(prefix)
+        return marked, fragments, not failed and not self._away()
+
+    def _collect(self, prefix: str) -> tuple[dict[str, dict[Version, set[int]]], dict[str, dict[bytes, set[int]]], dict[int, BaseException]]:
         keys, failed = self._listing(prefix)
         if len(failed) > self.m:
             raise self._unlisted(f"listing {self.url}/{prefix}", failed)
@@ -381,12 +407,13 @@ class ECStorage(Storage):
                         marked.setdefault(marker[0], {}).setdefault(marker[1], set()).add(i)
                 elif (fragment := parse_fragment_key(node_key)) is not None and fragment[0].startswith(prefix):
                     fragments.setdefault(fragment[0], {}).setdefault(fragment[1], set()).add(i)
-        return marked, fragments
+        return marked, fragments, failed
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         marked, _ = self._versions(prefix)
         for key in sorted(marked):
-            yield self._info(key, max(marked[key]))
+            if not (current := max(marked[key])).deleted:
+                yield self._info(key, current)
 
     def folders(self, prefix: str = "") -> Iterator[str]:
         """The folders any answering node has under ``prefix`` (a folder whose only objects are a

@@ -250,12 +250,24 @@ def parse_fragment_key(node_key: str) -> tuple[str, bytes] | None:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Version:
-    """One committed version of an object: id, length and geometry, as its marker and ETag say."""
+    """One committed version of an object: id, length and geometry, as its marker and ETag say.
+
+    A deletion is a version too, with no geometry (its marker ``key~<id>~0-0-0``): stored when a
+    delete could not reach every node, it hides the older versions a node that was away still holds."""
 
     id: bytes
     length: int
     cell: int
     block: int
+
+    @classmethod
+    def deletion(cls) -> Version:
+        """A new deletion, newer than every version written before it."""
+        return cls(new_version(), 0, 0, 0)
+
+    @property
+    def deleted(self) -> bool:
+        return self.cell == 0
 
     @property
     def etag(self) -> str:

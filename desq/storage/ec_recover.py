@@ -32,18 +32,23 @@ class Leftover:
 
 
 def leftovers(ec: ECStorage, prefix: str = "") -> Iterator[Leftover]:
-    """What no reader uses: killed writes' fragments (never marked) and superseded versions
-    (older than the current one: a replace that died before deleting them)."""
-    marked, fragments = ec._versions(prefix)
+    """What no reader uses: killed writes' fragments (never marked), superseded versions (older
+    than the current one: a replace that died before deleting them, or a deleted object's that a
+    node kept while it was away) and deletion markers that hide nothing any more."""
+    marked, fragments, everywhere = ec._versions_answered(prefix)
     for key in sorted(set(marked) | set(fragments)):
         versions = marked.get(key, {})
-        current = max(versions).id if versions else None
+        newest = max(versions) if versions else None
+        current = newest.id if newest else None
         for version, nodes in sorted(versions.items()):
             if version.id != current:
                 yield Leftover(key, version.id, sorted(nodes), superseded=True, marker=version)
         for vid, nodes in sorted(fragments.get(key, {}).items()):
             if vid != current:
                 yield Leftover(key, vid, sorted(nodes), superseded=current is not None and vid < current)
+        # Last for its key: whoever deletes the rest first (every node answered) may then drop it.
+        if newest is not None and newest.deleted and everywhere and all(vid < newest.id for vid in fragments.get(key, {})):
+            yield Leftover(key, newest.id, sorted(versions[newest]), superseded=True, marker=newest)
 
 
 def uploads(ec: ECStorage) -> Iterator[PendingUpload]:
@@ -72,7 +77,7 @@ def roll_forward(ec: ECStorage, older_than_seconds: float, prefix: str = "") -> 
         for vid, holders in versions.items():
             elsewhere.setdefault(vid, {})[key] = holders
     cutoff = time.time() - older_than_seconds
-    everywhere = set(range(len(ec.nodes)))
+    everywhere = set(range(len(ec.nodes))) - set(ec._away())  # a folder node that is gone would be made again
     done: list[str] = []
     for key in sorted(set(marked) | set(fragments)):
         versions = marked.get(key, {})
@@ -86,7 +91,7 @@ def roll_forward(ec: ECStorage, older_than_seconds: float, prefix: str = "") -> 
             if footer is not None:
                 current, lacking = Version(vid, footer.length, footer.cell, footer.block), set(everywhere)
                 break
-        if current is None:
+        if current is None or current.deleted:
             continue
         held = fragments.get(key, {}).get(current.id, set())
         for other, nodes in elsewhere.get(current.id, {}).items():
@@ -112,9 +117,13 @@ def abort_stale(ec: ECStorage, older_than_seconds: float) -> int:
         node.abort_stale_uploads(older_than_seconds)
     aborted = len(stale)
     roll_forward(ec, older_than_seconds)
+    unfinished: set[str] = set()  # keys with a leftover some node did not delete: their deletion marker stays
     for left in list(leftovers(ec)):
+        if left.marker is not None and left.marker.deleted and left.key in unfinished:
+            continue
         if left.superseded or version_time(left.version) < cutoff:
             name = left.marker.marker(left.key) if left.marker else fragment_key(left.key, left.version)
-            ec._each(lambda i: ec.nodes[i].delete(name), left.nodes)
+            if any(isinstance(got, BaseException) for got in ec._each(lambda i: ec.nodes[i].delete(name), left.nodes).values()):
+                unfinished.add(left.key)
             aborted += 0 if left.superseded else 1
     return aborted

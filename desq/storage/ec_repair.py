@@ -61,14 +61,13 @@ def objects(ec: ECStorage, keys: Iterable[str] = ()) -> Iterator[tuple[str, Vers
     if not wanted:
         marked, _ = ec._versions("")
         for key in sorted(marked):
-            version = max(marked[key])
-            yield key, version, marked[key][version]
+            if not (version := max(marked[key])).deleted:
+                yield key, version, marked[key][version]
         return
     for key in wanted:
         versions = ec.marked(key)
-        if not versions:
+        if not versions or (version := max(versions)).deleted:
             raise StorageError(f"no object {key!r} in {ec.url}")
-        version = max(versions)
         yield key, version, versions[version]
 
 
