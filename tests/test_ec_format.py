@@ -137,9 +137,10 @@ def test_names_parse_back_whatever_the_key_holds(key: str) -> None:
     assert parse_marker_key(mark.marker(key)) == (key, mark)
     assert parse_marker_key(fragment_key(key, version)) is None or parse_marker_key(fragment_key(key, version))[0] != key
     assert parse_fragment_key(mark.marker(key)) is None
-    deletion = Version.deletion()
+    deletion = Version.deletion(after=version)
     assert parse_marker_key(deletion.marker(key)) == (key, deletion) and deletion.marker(key).endswith("~0-0-0")
-    assert deletion.deleted and not mark.deleted and deletion > Version(version, 10, 4096, 1024)
+    assert deletion.deleted and not mark.deleted and mark < deletion < Version(new_version(), 10, 4096, 1024)
+    assert Version.deletion(after=b"\x01" + b"\xff" * 15).id == b"\x02" + b"\x00" * 15
 
 
 def test_etags_name_their_version_and_nothing_else_passes() -> None:

@@ -15,7 +15,7 @@ from desq.storage import Storage, StorageError, StorageUnavailable
 from desq.storage.base import NotFound, StaleObject
 from desq.storage.counting import CountingStorage
 from desq.storage.ec import ECStorage
-from desq.storage.ec_format import FOOTER_SIZE, Version, fragment_key, parse_fragment_key
+from desq.storage.ec_format import FOOTER_SIZE, Version, fragment_key, new_version, parse_fragment_key
 from desq.storage.ec_repair import check, objects, repair
 from desq.storage.local import LocalStorage
 from desq.storage.s3 import S3Storage
@@ -244,6 +244,16 @@ def back(root: Path, *nodes: int) -> None:
         shutil.move(root / f"away{i}", root / f"node{i}")
 
 
+def deleted_while_away(root: Path, node: int) -> ECStorage:
+    """An archive whose "c.des" was deleted while ``node`` was away: that node still holds it."""
+    ec = ec_over(root)
+    ec.put("c.des", b"old" * 1000)
+    away(root, node)
+    ec.delete("c.des")
+    back(root, node)
+    return ec
+
+
 def test_a_delete_with_a_node_away_stays_deleted_when_it_comes_back(tmp_path: Path) -> None:
     ec = ec_over(tmp_path)
     ec.put("c.des", os.urandom(100_000))
@@ -270,7 +280,7 @@ def test_a_delete_with_a_node_away_stays_deleted_when_it_comes_back(tmp_path: Pa
     assert stored(tmp_path, "c.des") == {i: [] for i in range(6)} and list(ec.leftovers()) == []
     assert ec.read("other", 0, 1) == b"x"
     with pytest.raises(StaleObject):  # a deletion's version names no bytes
-        ec.read("other", 0, 1, if_match=Version.deletion().etag)
+        ec.read("other", 0, 1, if_match=Version.deletion(after=new_version()).etag)
 
 
 def test_a_write_after_a_delete_with_a_node_away_is_the_one_read(tmp_path: Path) -> None:
@@ -302,22 +312,111 @@ def test_a_delete_with_an_s3_node_unreachable_stays_deleted(tmp_path: Path, s3_e
     assert list(site.list()) == [] and stored(tmp_path, "c.des") == {i: [] for i in range(6)}
 
 
-def test_a_delete_that_k_plus_1_nodes_cannot_take_deletes_nothing(tmp_path: Path) -> None:
+def test_a_publish_staged_before_a_delete_and_made_after_it_wins(tmp_path: Path) -> None:
+    """The deletion ranks just above what it hides, not at the time of the delete: a packer's
+    staged write (its version id taken when it began) published after the delete is the one read."""
+    ec = ec_over(tmp_path)
+    ec.put("c.des", b"old" * 1000)
+    new = os.urandom(40_000)
+    with ec.open_upload("c.des.staging-1", staged=True) as upload:
+        upload.write(new)
+        upload.commit()
+    away(tmp_path, 5)
+    ec.delete("c.des")
+    back(tmp_path, 5)
+    ec.publish("c.des.staging-1", "c.des")
+    assert ec.read("c.des", 0, len(new)) == new
+    ec.abort_stale_uploads(0)
+    assert ec.read("c.des", 0, len(new)) == new and [i.key for i in ec.list()] == ["c.des"] and list(ec.leftovers()) == []
+
+
+def test_recover_keeps_a_deletion_while_what_it_hides_may_still_be_somewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ec = deleted_while_away(tmp_path, 5)
+    real = LocalStorage.delete
+
+    def stuck(self: LocalStorage, key: str) -> None:
+        if self.root.name == "node5":
+            raise StorageUnavailable("node5 is stuck", reason="stuck")
+        real(self, key)
+    with monkeypatch.context() as patch:  # node 5 cannot delete the old version: the deletion stays
+        patch.setattr(LocalStorage, "delete", stuck)
+        ec.abort_stale_uploads(6 * 3600)
+    assert all(name.endswith("~0-0-0") for i in range(5) for name in stored(tmp_path, "c.des")[i]) and len(stored(tmp_path, "c.des")[5]) == 2
+    with pytest.raises(NotFound):
+        ec.head("c.des")
+    killed = killed_before_its_marker(ec, "c.des", b"new" * 100, monkeypatch)  # a newer write, killed unmarked
+    ec.abort_stale_uploads(6 * 3600)  # node 5's old version goes; the young killed write might be finished yet
+    assert stored(tmp_path, "c.des")[5] == [fragment_key("c.des", killed.id)]
+    with pytest.raises(NotFound):
+        ec.head("c.des")
+    assert all(any(name.endswith("~0-0-0") for name in stored(tmp_path, "c.des")[i]) for i in range(5))
+    ec.abort_stale_uploads(0)  # now old enough: recover commits the killed write, the deletion goes
+    assert ec.read("c.des", 0, 300) == b"new" * 100
+    assert stored(tmp_path, "c.des") == {i: sorted([fragment_key("c.des", killed.id), killed.marker("c.des")]) for i in range(6)}
+
+
+def test_a_delete_that_too_few_nodes_can_take_deletes_nothing(tmp_path: Path) -> None:
     ec = ec_over(tmp_path)
     blob = os.urandom(100_000)
     ec.put("c.des", blob)
     before = stored(tmp_path, "c.des")
     away(tmp_path, 1, 4)  # M away: 4 nodes left, K+1 = 5 needed for the deletion marker
-    with pytest.raises(StorageUnavailable, match="only 4 nodes took its deletion marker, 5 needed"):
+    with pytest.raises(StorageUnavailable, match="2 of 6 nodes away, and its deletion marker needs 5; delete it again once they answer"):
         ec.delete("c.des")
     assert ec.read("c.des", 0, len(blob)) == blob
-    back(tmp_path, 1, 4)
+    real = LocalStorage.put
+
+    def refused(self: LocalStorage, key: str, data: bytes, **kw: object) -> object:
+        if self.root.name == "node3":
+            raise StorageUnavailable("node3 refuses", reason="refused")
+        return real(self, key, data, **kw)
+    back(tmp_path, 1)
+    with pytest.MonkeyPatch.context() as patch:  # 5 there, but one of them refuses the marker: undone
+        patch.setattr(LocalStorage, "put", refused)
+        with pytest.raises(StorageUnavailable, match="only 4 nodes took its deletion marker, 5 needed; delete it again$"):
+            ec.delete("c.des")
+    back(tmp_path, 4)
     assert stored(tmp_path, "c.des") == before
+    assert ec.read("c.des", 0, len(blob)) == blob
     away(tmp_path, 0, 2, 3)
     with pytest.raises(StorageUnavailable, match="more than M=2 nodes do not answer"):
         ec.delete("c.des")
     back(tmp_path, 0, 2, 3)
     assert stored(tmp_path, "c.des") == before and ec.read("c.des", 0, len(blob)) == blob
+
+
+def test_with_fewer_data_than_parity_fragments_a_deletion_needs_m_plus_1_nodes(tmp_path: Path) -> None:
+    """Listings go on with M nodes silent, so a deletion on K+1 <= M nodes could go unseen."""
+    ec = ECStorage(folders(tmp_path, 5), 2, 3, **SMALL)
+    blob = os.urandom(20_000)
+    ec.put("c.des", blob)
+    away(tmp_path, 0, 1)
+    with pytest.raises(StorageUnavailable, match="its deletion marker needs 4"):
+        ec.delete("c.des")
+    back(tmp_path, 1)
+    ec.delete("c.des")
+    back(tmp_path, 0)
+    with pytest.raises(NotFound):
+        ec.head("c.des")
+
+
+def test_a_folder_unmounted_during_recover_keeps_the_deletion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ec = deleted_while_away(tmp_path, 5)
+    real = LocalStorage.delete
+
+    def unmounted(self: LocalStorage, key: str) -> None:
+        if self.root.name == "node5" and self.root.exists():
+            away(tmp_path, 5)  # its disk goes just as recover deletes there: a delete of nothing "succeeds"
+        real(self, key)
+    monkeypatch.setattr(LocalStorage, "delete", unmounted)
+    ec.abort_stale_uploads(6 * 3600)
+    back(tmp_path, 5)
+    assert len(stored(tmp_path, "c.des")[5]) == 2
+    with pytest.raises(NotFound):
+        ec.head("c.des")
+    monkeypatch.setattr(LocalStorage, "delete", real)
+    ec.abort_stale_uploads(6 * 3600)
+    assert stored(tmp_path, "c.des") == {i: [] for i in range(6)}
 
 
 def test_a_write_with_fewer_than_k_plus_1_nodes_fails_and_leaves_nothing(tmp_path: Path) -> None:

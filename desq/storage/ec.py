@@ -66,6 +66,14 @@ def error_kind(exc: BaseException) -> str:
     return "unreachable"
 
 
+def _version_id(key: str, node_key: str) -> bytes | None:
+    """The version id a node key of ``key`` names (a fragment or a marker), else None."""
+    if (marker := parse_marker_key(node_key)) is not None:
+        return marker[1].id if marker[0] == key else None
+    fragment = parse_fragment_key(node_key)
+    return fragment[1] if fragment is not None and fragment[0] == key else None
+
+
 def ec_of(storage: object) -> ECStorage | None:
     """The erasure-coded storage under ``storage`` (through wrappers such as CountingStorage), if any."""
     while storage is not None and not isinstance(storage, ECStorage):
@@ -361,23 +369,31 @@ class ECStorage(Storage):
         return self._info(key, version)
 
     def delete(self, key: str) -> None:
-        """Markers first, then fragments, on every node. A node that does not answer keeps its
-        own: a deletion marker stored on K+1 others first hides them (``recover`` clears both)."""
+        """Markers first, then fragments, on every node. While a node is away, a deletion marker
+        stored first on more than max(K, M) others hides what it keeps (``recover`` clears both)."""
         check_key(key)
         self._staged.pop(key, None)
-        _, failed = self._listing(f"{key}~")
+        keys, failed = self._listing(f"{key}~")
         failed |= self._away()
         if len(failed) > self.m:  # the object may still be whole on the nodes that did not answer
             raise self._unlisted(f"deleting {key!r}", failed)
+        held = [v for node_keys in keys.values() for node_key in node_keys if (v := _version_id(key, node_key)) is not None]
+        if not held:  # a committed version is marked on K+1 nodes: one that answers would list it
+            return
         if not failed:
-            failed = self._drop(key)
+            failed = self._drop(key) | self._away()  # a folder unmounted meanwhile "deletes" nothing
             if not failed:
                 return
-        deletion = Version.deletion()
-        marked = self._mark(key, deletion, sorted(set(range(len(self.nodes))) - set(failed)))
-        if len(marked) < self.k + 1:
-            self._each(lambda i: self.nodes[i].delete(deletion.marker(key)), marked)
-            raise StorageUnavailable(f"deleting {key!r}: only {len(marked)} nodes took its deletion marker, {self.k + 1} needed",
+        need, present = max(self.k, self.m) + 1, sorted(set(range(len(self.nodes))) - set(failed))
+        if len(present) < need:
+            raise StorageUnavailable(f"deleting {key!r}: {len(failed)} of {len(self.nodes)} nodes away, and its deletion marker needs {need}; "
+                                     "delete it again once they answer", reason=f"{len(failed)} of {len(self.nodes)} nodes do not answer")
+        deletion = Version.deletion(after=max(held))
+        marked = self._mark(key, deletion, present)
+        if len(marked) < need:
+            undone = self._each(lambda i: self.nodes[i].delete(deletion.marker(key)), marked)
+            partly = " (it may read as deleted meanwhile)" if any(isinstance(u, BaseException) for u in undone.values()) else ""
+            raise StorageUnavailable(f"deleting {key!r}: only {len(marked)} nodes took its deletion marker, {need} needed; delete it again{partly}",
                                      reason=f"{len(self.nodes) - len(marked)} of {len(self.nodes)} nodes do not answer")
         self._drop(key, older_than=deletion)
 

@@ -253,7 +253,7 @@ class Version:
     """One committed version of an object: id, length and geometry, as its marker and ETag say.
 
     A deletion is a version too, with no geometry (its marker ``key~<id>~0-0-0``): stored when a
-    delete could not reach every node, it hides the older versions a node that was away still holds."""
+    delete could not reach every node, it hides the versions a node that was away still holds."""
 
     id: bytes
     length: int
@@ -261,9 +261,10 @@ class Version:
     block: int
 
     @classmethod
-    def deletion(cls) -> Version:
-        """A new deletion, newer than every version written before it."""
-        return cls(new_version(), 0, 0, 0)
+    def deletion(cls, after: bytes) -> Version:
+        """A deletion ranked just above version id ``after`` (the newest it hides), so that any
+        write started after that one, even one published after the delete, still wins."""
+        return cls((int.from_bytes(after, "big") + 1).to_bytes(len(after), "big"), 0, 0, 0)
 
     @property
     def deleted(self) -> bool:

@@ -119,8 +119,8 @@ def abort_stale(ec: ECStorage, older_than_seconds: float) -> int:
     roll_forward(ec, older_than_seconds)
     unfinished: set[str] = set()  # keys with a leftover some node did not delete: their deletion marker stays
     for left in list(leftovers(ec)):
-        if left.marker is not None and left.marker.deleted and left.key in unfinished:
-            continue
+        if left.marker is not None and left.marker.deleted and (left.key in unfinished or ec._away()):
+            continue  # what it hides may still be on a node (a folder gone meanwhile "deletes" nothing)
         if left.superseded or version_time(left.version) < cutoff:
             name = left.marker.marker(left.key) if left.marker else fragment_key(left.key, left.version)
             if any(isinstance(got, BaseException) for got in ec._each(lambda i: ec.nodes[i].delete(name), left.nodes).values()):
