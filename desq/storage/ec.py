@@ -322,18 +322,21 @@ class ECStorage(Storage):
         done = self._each(mark, on)
         return [i for i, got in done.items() if not isinstance(got, BaseException)]
 
-    def _drop(self, key: str, older_than: Version | None = None) -> dict[int, BaseException]:
+    def _drop(self, key: str, older_than: Version | None = None,
+              listing: tuple[dict[int, list[str]], dict[int, BaseException]] | None = None) -> dict[int, BaseException]:
         """Delete the markers, then the fragments, of every version of ``key`` (with
-        ``older_than``: of the versions older than it) on every node that answers; the nodes that
-        did not (``recover`` clears what they keep)."""
-        keys, failed = self._listing(f"{key}~")
+        ``older_than``: of the versions older than it) on every node that answers, as ``listing``
+        (else a new one) shows them; the nodes that did not (``recover`` clears what they keep)."""
+        keys, failed = listing or self._listing(f"{key}~")
         doomed: dict[int, list[str]] = {}
         for i, node_keys in keys.items():
             for node_key in node_keys:
-                marker, fragment = parse_marker_key(node_key), parse_fragment_key(node_key)
-                if marker and marker[0] == key and (older_than is None or marker[1].id < older_than.id):
+                vid = _version_id(key, node_key)
+                if vid is None or (older_than is not None and vid >= older_than.id):
+                    continue
+                if parse_marker_key(node_key) is not None:
                     doomed.setdefault(i, []).insert(0, node_key)
-                elif fragment and fragment[0] == key and (older_than is None or fragment[1] < older_than.id):
+                else:
                     doomed.setdefault(i, []).append(node_key)
         gone = self._each(lambda i: [self.nodes[i].delete(k) for k in doomed[i]], doomed)
         return failed | {i: exc for i, exc in gone.items() if isinstance(exc, BaseException)}
@@ -373,15 +376,15 @@ class ECStorage(Storage):
         stored first on more than max(K, M) others hides what it keeps (``recover`` clears both)."""
         check_key(key)
         self._staged.pop(key, None)
-        keys, failed = self._listing(f"{key}~")
-        failed |= self._away()
+        keys, unlisted = self._listing(f"{key}~")
+        failed = unlisted | self._away()
         if len(failed) > self.m:  # the object may still be whole on the nodes that did not answer
             raise self._unlisted(f"deleting {key!r}", failed)
         held = [v for node_keys in keys.values() for node_key in node_keys if (v := _version_id(key, node_key)) is not None]
         if not held:  # a committed version is marked on K+1 nodes: one that answers would list it
             return
         if not failed:
-            failed = self._drop(key) | self._away()  # a folder unmounted meanwhile "deletes" nothing
+            failed = self._drop(key, listing=(keys, unlisted)) | self._away()  # a folder unmounted meanwhile "deletes" nothing
             if not failed:
                 return
         need, present = max(self.k, self.m) + 1, sorted(set(range(len(self.nodes))) - set(failed))
@@ -395,7 +398,7 @@ class ECStorage(Storage):
             partly = " (it may read as deleted meanwhile)" if any(isinstance(u, BaseException) for u in undone.values()) else ""
             raise StorageUnavailable(f"deleting {key!r}: only {len(marked)} nodes took its deletion marker, {need} needed; delete it again{partly}",
                                      reason=f"{len(self.nodes) - len(marked)} of {len(self.nodes)} nodes do not answer")
-        self._drop(key, older_than=deletion)
+        self._drop(key, older_than=deletion, listing=(keys, unlisted))
 
     # --- listing ----------------------------------------------------------------------------
 
