@@ -159,11 +159,15 @@ class PrivatePostgres:
     def stop(self, mode: StopMode = "fast") -> None:
         self._pg_ctl("-m", mode, "stop")
 
-    def restart(self, mode: StopMode, *, down_seconds: float = 0.0) -> None:
+    def restart(self, mode: StopMode, *, down_seconds: float = 0.0, until: Callable[[], bool] | None = None) -> None:
         """Stop in ``mode`` (fast: sessions are terminated; immediate: no shutdown checkpoint, crash
-        recovery on start), stay down ``down_seconds``, start again."""
+        recovery on start), stay down ``down_seconds`` and then until ``until()`` holds (at most
+        60 s more), start again."""
         self.stop(mode)
         time.sleep(down_seconds)
+        deadline = time.monotonic() + 60
+        while until is not None and not until() and time.monotonic() < deadline:
+            time.sleep(0.2)
         self.start()
         self.restarts += 1
 

@@ -194,7 +194,8 @@ def test_postgresql_restarted_during_packing(tmp_path: Path, private_pg: Private
         night.trigger()
         for n in range(1, restarts + 1):
             until(f"packing progress before restart {n}", lambda n=n: night.packed() >= files * n // (restarts + 2), 300, night)
-            private_pg.restart(mode, down_seconds=2)  # type: ignore[arg-type]
+            met = retries_logged(night)  # down until a packer has met it: a quiet moment would test nothing
+            private_pg.restart(mode, down_seconds=2, until=lambda met=met: retries_logged(night) > met)  # type: ignore[arg-type]
             night.engine.dispose()
             assert 0 <= night.packed() < files, "packing finished before PostgreSQL could be restarted during it"
         summary = night.wait_finished(600)
